@@ -1,0 +1,47 @@
+# The few commands a person runs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WEIGHTS_DIR ?= weights
+TINY_WEIGHTS_DIR ?= .cache/tiny-weights
+PROMPT ?= lofi hip hop beat with warm piano
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export WEIGHTS_DIR
+
+.PHONY: help setup system-packages test tiny-weights predict demo lock
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: system-packages $(VENV)/.installed  ## create .venv with the pinned stack; install ffmpeg if missing
+
+system-packages:
+	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg; }
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-test.txt
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	touch $@
+
+test: setup  ## run the whole test suite (CI runs exactly this)
+	$(PY) -m pytest
+
+tiny-weights: setup  ## write random tiny weights in the real layout to WEIGHTS_DIR
+	$(PY) -m musicgen_cog.random_weights $(WEIGHTS_DIR)
+
+predict: setup  ## one prediction with the weights in WEIGHTS_DIR: make predict ARGS='-i prompt="..." -i duration=8'
+	$(PY) -m musicgen_cog.cli $(ARGS)
+
+demo: setup  ## fresh machine, no weights: tiny random weights, then one prediction (noise, not music)
+	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.random_weights $(TINY_WEIGHTS_DIR)
+	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.cli -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
+
+lock:  ## re-resolve the stack into requirements.txt (review the diff before committing)
+	rm -rf /tmp/musicgen-lock && $(PYTHON) -m venv /tmp/musicgen-lock
+	/tmp/musicgen-lock/bin/pip install -q torch==2.11.0 torchaudio==2.11.0 av einops flashy omegaconf hydra-core \
+	  julius num2words numpy sentencepiece spacy huggingface_hub tqdm transformers xformers demucs librosa \
+	  torchmetrics soundfile pydub pyloudnorm cog requests
+	{ sed -n '1,3p' requirements.txt; /tmp/musicgen-lock/bin/pip freeze; } > requirements.txt

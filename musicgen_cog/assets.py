@@ -1,0 +1,75 @@
+"""The base assets a MusicGen checkpoint needs, and where each lives in a weights folder.
+
+The folder mirrors the caches the libraries read offline: a Hugging Face hub cache under
+`huggingface/hub` and a torch-hub cache under `torch/hub/checkpoints`. `weights/README.md`
+documents the same layout; `make weights` fills it and `make tiny-weights` fakes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import environment
+
+FINETUNE_FILENAME = "trained_model.tar"  # a fine-tune baked into the folder, used when COG_WEIGHTS is unset
+
+
+@dataclass(frozen=True)
+class HubAsset:
+    """Files of one Hugging Face repository, read from the hub cache."""
+    label: str
+    repo_id: str
+    filenames: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TorchHubAsset:
+    """One file of the torch-hub checkpoint cache (how demucs finds htdemucs offline)."""
+    label: str
+    filename: str
+    url: str
+
+
+T5 = HubAsset("T5 text encoder", "t5-base", ("config.json", "model.safetensors", "spiece.model", "tokenizer.json"))
+ENCODEC = HubAsset("EnCodec 32 kHz codec", "facebook/encodec_32khz", ("config.json", "model.safetensors"))
+BASE_LM = HubAsset("MusicGen-melody base model", "facebook/musicgen-melody",
+                   ("state_dict.bin", "compression_state_dict.bin"))
+MBD = HubAsset("MultiBand Diffusion decoder", "facebook/multiband-diffusion", ("mbd_musicgen_32khz.th",))
+HTDEMUCS = TorchHubAsset("htdemucs stem separator", "955717e8-8726e21a.th",
+                         "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/955717e8-8726e21a.th")
+ALL_ASSETS = (T5, ENCODEC, BASE_LM, MBD, HTDEMUCS)
+
+
+class MissingAssetError(FileNotFoundError):
+    """A required asset is not in the weights folder; the message says how to get it."""
+
+
+def hub_snapshot(root: Path, asset: HubAsset) -> Path | None:
+    """The cached snapshot folder that `refs/main` of `asset` points to, if any."""
+    repo_dir = environment.hf_cache_dir(root) / ("models--" + asset.repo_id.replace("/", "--"))
+    ref = repo_dir / "refs" / "main"
+    if not ref.is_file():
+        return None
+    snapshot = repo_dir / "snapshots" / ref.read_text().strip()
+    return snapshot if snapshot.is_dir() else None
+
+
+def locate(root: Path, asset: HubAsset | TorchHubAsset) -> Path:
+    """The folder (hub asset) or file (torch-hub asset) of `asset`, or MissingAssetError."""
+    if isinstance(asset, TorchHubAsset):
+        path = environment.torch_home(root) / "hub" / "checkpoints" / asset.filename
+        if not path.is_file():
+            raise MissingAssetError(_missing_message(root, asset.label, path.name, path.parent))
+        return path
+    snapshot = hub_snapshot(root, asset)
+    folder = environment.hf_cache_dir(root) / ("models--" + asset.repo_id.replace("/", "--"))
+    missing = [name for name in asset.filenames if snapshot is None or not (snapshot / name).is_file()]
+    if missing:
+        raise MissingAssetError(_missing_message(root, f"{asset.label} ({asset.repo_id})", ", ".join(missing), folder))
+    return snapshot
+
+
+def _missing_message(root: Path, label: str, files: str, searched: Path) -> str:
+    return (f"missing {label}: {files} not found under {searched}. "
+            f"Fetch the real weights with `make weights WEIGHTS_DIR={root}` "
+            f"(or random test weights with `make tiny-weights WEIGHTS_DIR={root}`).")

@@ -1,0 +1,45 @@
+"""Writing the generated audio: 16-bit PCM wav, or mp3 encoded from it by ffmpeg.
+
+Every file gets a fresh unique name in the output folder, so concurrent or successive
+predictions never overwrite each other and an upload never sends a stale file.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import soundfile
+import torch
+from audiocraft.data.audio_utils import i16_pcm
+from pydub import AudioSegment
+from pydub.exceptions import CouldntEncodeError
+
+OUTPUT_FORMATS = ("wav", "mp3")
+
+
+class EncodingError(RuntimeError):
+    """The output file could not be written or encoded."""
+
+
+def write_audio(wav: torch.Tensor, sample_rate: int, output_format: str, output_dir: Path,
+                stem: str = "musicgen") -> Path:
+    """Write `wav` ([channels, samples] in [-1, 1]) as `output_format` to a new file in `output_dir`."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    wav_path = output_dir / f"{stem}-{uuid.uuid4().hex[:12]}.wav"
+    soundfile.write(wav_path, i16_pcm(wav.detach().cpu()).T.numpy(), sample_rate, subtype="PCM_16")
+    if output_format == "wav":
+        return wav_path
+    mp3_path = wav_path.with_suffix(".mp3")
+    try:
+        AudioSegment.from_wav(wav_path).export(mp3_path, format="mp3")
+    except (CouldntEncodeError, OSError) as exc:
+        mp3_path.unlink(missing_ok=True)
+        raise EncodingError(f"mp3 encoding with ffmpeg failed: {exc}") from exc
+    finally:
+        wav_path.unlink(missing_ok=True)
+    if mp3_path.stat().st_size == 0:
+        mp3_path.unlink()
+        raise EncodingError("mp3 encoding with ffmpeg produced an empty file")
+    return mp3_path

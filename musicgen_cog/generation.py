@@ -1,0 +1,91 @@
+"""One generation: text, melody or continuation, decoded by EnCodec or MultiBand Diffusion.
+
+Beyond the model's 30 s window audiocraft extends in windows (each prompted with the last
+12 s of tokens, the melody looped); every mode goes through that same mechanism.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .audio_input import Audio
+from .inputs import InputError
+from .loading import LoadedModel
+from .progress import StepProgress, planned_steps
+
+log = logging.getLogger(__name__)
+EXTEND_STRIDE = 18.0  # audiocraft's default: each extra window keeps 12 s of context
+
+
+@dataclass(frozen=True)
+class Sampling:
+    top_k: int
+    top_p: float
+    temperature: float
+    cfg_coef: float
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str | None
+    duration: float                 # seconds of new audio
+    sampling: Sampling
+    melody: Audio | None = None     # chroma condition (melody mode)
+    continue_from: Audio | None = None  # audio prompt (continuation mode)
+    multi_band_diffusion: bool = False
+
+
+def generate(model: LoadedModel, request: GenerationRequest) -> torch.Tensor:
+    """Generate audio [channels, samples] at `model.musicgen.sample_rate` for `request`."""
+    musicgen = model.musicgen
+    total = request.duration
+    prompt_frames = 0
+    if request.continue_from is not None:
+        _check_continuation_prompt(request.continue_from, musicgen.max_duration)
+        total += request.continue_from.seconds
+        prompt_frames = _encoded_frames(request.continue_from, musicgen.sample_rate, musicgen.frame_rate)
+    musicgen.set_generation_params(
+        use_sampling=True, top_k=request.sampling.top_k, top_p=request.sampling.top_p,
+        temperature=request.sampling.temperature, duration=total, cfg_coef=request.sampling.cfg_coef,
+        two_step_cfg=False, extend_stride=EXTEND_STRIDE)
+    musicgen.set_custom_progress_callback(StepProgress(planned_steps(musicgen, total, prompt_frames)))
+    descriptions = [request.prompt]
+    try:
+        if request.continue_from is not None:
+            log.info("generating %.2f s continuing %.2f s of input_audio", request.duration,
+                     request.continue_from.seconds)
+            wav, tokens = musicgen.generate_continuation(
+                request.continue_from.samples[None], request.continue_from.sample_rate, descriptions,
+                progress=True, return_tokens=True)
+        elif request.melody is not None:
+            log.info("separating melody stems (htdemucs) and generating %.2f s", total)
+            wav, tokens = musicgen.generate_with_chroma(
+                descriptions, request.melody.samples[None], request.melody.sample_rate,
+                progress=True, return_tokens=True)
+        else:
+            log.info("generating %.2f s from text", total)
+            wav, tokens = musicgen.generate(descriptions, progress=True, return_tokens=True)
+    finally:
+        musicgen.set_custom_progress_callback(None)
+    if request.multi_band_diffusion:
+        log.info("decoding %d frames with MultiBand Diffusion", tokens.shape[-1])
+        wav = model.mbd().tokens_to_wav(tokens)
+    wav = wav[0].float().cpu()
+    if not torch.isfinite(wav).all():
+        raise RuntimeError("the model produced NaN or infinite samples; try again with another seed")
+    return wav
+
+
+def _check_continuation_prompt(audio: Audio, window: float) -> None:
+    longest = window - 1
+    if audio.seconds > longest:
+        raise InputError("input_audio", f"slice for continuation is {audio.seconds:.2f} s; it must be at most "
+                         f"{longest:g} s so the model's {window:g} s window has room to continue it. "
+                         "Use continuation_start and continuation_end to choose a shorter part.")
+
+
+def _encoded_frames(audio: Audio, model_rate: int, frame_rate: float) -> int:
+    samples = round(audio.samples.shape[-1] * model_rate / audio.sample_rate)
+    return -(-samples * int(frame_rate) // model_rate)

@@ -1,0 +1,42 @@
+"""One prediction, start to finish: check inputs, decode audio, seed, generate, normalize, write."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from .audio_input import decode_audio, slice_audio
+from .audio_output import write_audio
+from .generation import GenerationRequest, Sampling, generate
+from .inputs import PredictionInputs, validate
+from .loading import LoadedModel
+from .normalization import normalize
+from .seeding import resolve_seed, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def run_prediction(model: LoadedModel, inputs: PredictionInputs, output_dir: Path) -> Path:
+    """Run `inputs` on `model` and return the path of the new audio file in `output_dir`."""
+    started = time.monotonic()
+    validate(inputs, model.limits)
+    seed = resolve_seed(inputs.seed)
+    log.info("Using seed %d", seed)
+    clip = None
+    if inputs.input_audio is not None:
+        clip = slice_audio(decode_audio(inputs.input_audio), inputs.continuation_start, inputs.slice_end)
+    seed_everything(seed)
+    wav = generate(model, GenerationRequest(
+        prompt=inputs.prompt,
+        duration=float(inputs.duration),
+        sampling=Sampling(inputs.top_k, inputs.top_p, inputs.temperature, float(inputs.classifier_free_guidance)),
+        melody=clip if not inputs.continuation else None,
+        continue_from=clip if inputs.continuation else None,
+        multi_band_diffusion=inputs.multi_band_diffusion))
+    sample_rate = model.musicgen.sample_rate
+    log.info("normalizing (%s) and encoding %s", inputs.normalization_strategy, inputs.output_format)
+    wav = normalize(wav, sample_rate, inputs.normalization_strategy)
+    path = write_audio(wav, sample_rate, inputs.output_format, output_dir, stem=f"musicgen-seed{seed}")
+    log.info("wrote %s (%.2f s of audio) in %.1f s", path.name, wav.shape[-1] / sample_rate,
+             time.monotonic() - started)
+    return path

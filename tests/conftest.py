@@ -1,0 +1,60 @@
+"""Shared fixtures: one tiny random-weights folder per generator version, and the predictor on it.
+
+The environment is configured before anything imports huggingface_hub or transformers,
+exactly as predict.py does, so every test goes through the real offline loading code.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from musicgen_cog import environment, random_weights  # noqa: E402
+
+_GENERATOR_HASH = hashlib.sha256(Path(random_weights.__file__).read_bytes()).hexdigest()[:12]
+TINY_WEIGHTS = ROOT / ".cache" / f"tiny-weights-{_GENERATOR_HASH}"
+environment.configure(TINY_WEIGHTS)
+
+from tests.helpers import DEFAULTS  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_weights() -> Path:
+    """A complete random weights folder (base assets, base LM, fine-tune), built once and reused."""
+    if not (TINY_WEIGHTS / "trained_model.tar").is_file():
+        partial = TINY_WEIGHTS.with_name(TINY_WEIGHTS.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        random_weights.write_weights_folder(partial)
+        environment.configure(TINY_WEIGHTS)
+        shutil.rmtree(TINY_WEIGHTS, ignore_errors=True)
+        partial.rename(TINY_WEIGHTS)
+    return TINY_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_weights):
+    """predict.Predictor after setup() on the tiny folder's baked-in fine-tune."""
+    import predict
+    instance = predict.Predictor()
+    instance.setup(weights=None)
+    return instance
+
+
+@pytest.fixture
+def run(predictor, tmp_path):
+    """Call predict() with every argument passed (as Cog would), overriding some; return the file."""
+    predictor.output_dir = tmp_path / "outputs"
+
+    def call(**overrides) -> Path:
+        unknown = set(overrides) - set(DEFAULTS)
+        assert not unknown, f"not an input of the API: {unknown}"
+        return Path(predictor.predict(**{**DEFAULTS, **overrides}))
+    return call

@@ -1,0 +1,55 @@
+"""Helpers shared by the tests: the API defaults, test audio files, reading results back."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+# Every input of the hosted API with its hosted default (prompt set so that text mode works).
+DEFAULTS = dict(prompt="calm piano", input_audio=None, duration=1, continuation=False, continuation_start=0,
+                continuation_end=None, multi_band_diffusion=False, normalization_strategy="loudness", top_k=250,
+                top_p=0.0, temperature=1.0, classifier_free_guidance=3, output_format="wav", seed=1)
+
+SAMPLE_RATE = 32000
+
+
+def tone(seconds: float, sample_rate: int, channels: int, freq: float = 440.0, level: float = 0.3) -> np.ndarray:
+    """A sine chord [frames, channels]: a different pitch per channel so channels differ."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    return np.stack([level * np.sin(2 * np.pi * freq * (1 + 0.25 * c) * t) for c in range(channels)],
+                    axis=1).astype(np.float32)
+
+
+def write_tone(path: Path, seconds: float = 2.0, sample_rate: int = 44100, channels: int = 1) -> Path:
+    """Write a tone as `path`'s extension says: wav/flac/ogg via libsndfile, mp3/m4a via ffmpeg."""
+    samples = tone(seconds, sample_rate, channels)
+    if path.suffix in (".wav", ".flac", ".ogg"):
+        soundfile.write(path, samples, sample_rate)
+    else:
+        wav = path.with_suffix(".src.wav")
+        soundfile.write(wav, samples, sample_rate)
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), str(path)], check=True)
+        wav.unlink()
+    return path
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """Decode any output file with ffmpeg (independently of our own decoder): [frames, channels]."""
+    probe = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=sample_rate,channels", "-of", "json", str(path)],
+        check=True, capture_output=True, text=True).stdout)["streams"][0]
+    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-f", "f32le", "-"],
+                         check=True, capture_output=True).stdout
+    channels = int(probe["channels"])
+    return np.frombuffer(raw, dtype=np.float32).reshape(-1, channels), int(probe["sample_rate"])
+
+
+def ffmpeg_loudness(path: Path) -> float:
+    """Integrated loudness (LUFS) by ffmpeg's ebur128 filter: a measurement independent of pyloudnorm."""
+    log = subprocess.run(["ffmpeg", "-nostats", "-i", str(path), "-af", "ebur128", "-f", "null", "-"],
+                         capture_output=True, text=True, check=True).stderr
+    return float(re.findall(r"I:\s+(-?[\d.]+) LUFS", log)[-1])
