@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kwargs = _inspector.check_input(info.inputs, values)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        name = str(exc).split(":")[0].split()[0]
+        expected = f" ({name} expects {info.inputs[name].type.primitive.name.lower()})" if name in info.inputs else ""
+        raise SystemExit(f"error: {exc}{expected}") from None
     predictor = predict.Predictor()
     try:
         predictor.setup(weights=os.environ.get("COG_WEIGHTS"))

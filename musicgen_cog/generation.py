@@ -50,7 +50,8 @@ def generate(model: LoadedModel, request: GenerationRequest) -> torch.Tensor:
         use_sampling=True, top_k=request.sampling.top_k, top_p=request.sampling.top_p,
         temperature=request.sampling.temperature, duration=total, cfg_coef=request.sampling.cfg_coef,
         two_step_cfg=False, extend_stride=EXTEND_STRIDE)
-    musicgen.set_custom_progress_callback(StepProgress(planned_steps(musicgen, total, prompt_frames)))
+    progress = StepProgress(planned_steps(musicgen, total, prompt_frames))
+    musicgen.set_custom_progress_callback(progress)
     descriptions = [request.prompt]
     try:
         if request.continue_from is not None:
@@ -69,6 +70,7 @@ def generate(model: LoadedModel, request: GenerationRequest) -> torch.Tensor:
             wav, tokens = musicgen.generate(descriptions, progress=True, return_tokens=True)
     finally:
         musicgen.set_custom_progress_callback(None)
+    progress.finish()
     if request.multi_band_diffusion:
         log.info("decoding %d frames with MultiBand Diffusion", tokens.shape[-1])
         wav = model.mbd().tokens_to_wav(tokens)

@@ -54,3 +54,8 @@ class StepProgress:
             rate = self.done / max(now - self.started, 1e-9)
             log.info("generation: %d/%d steps (%d%%), %.1f steps/s",
                      self.done, self.total, 100 * self.done // max(self.total, 1), rate)
+
+    def finish(self) -> None:
+        """Log the steps actually decoded and the overall rate."""
+        elapsed = time.monotonic() - (self.started or time.monotonic())
+        log.info("decoded %d steps in %.1f s (%.1f steps/s)", self.done, elapsed, self.done / max(elapsed, 1e-9))

@@ -37,9 +37,12 @@ SIZES = {"tiny": LMSize(dim=32, num_heads=2, num_layers=2),
          "full": LMSize(dim=1536, num_heads=24, num_layers=48)}
 
 
-def melody_lm_config(size: LMSize, stereo: bool = False) -> dict:
-    """A MusicGen-melody training config (`xp.cfg`) with the given transformer size."""
+def lm_config(size: LMSize, stereo: bool = False, melody: bool = True) -> dict:
+    """A MusicGen training config (`xp.cfg`): melody (chroma, prepended) or text-only (cross-attention)."""
     n_q = 8 if stereo else 4
+    chroma = {"self_wav": {"model": "chroma_stem", "chroma_stem": {
+        "sample_rate": 32000, "n_chroma": 12, "radix2_exp": 14, "argmax": True,
+        "match_len_on_eval": False, "eval_wavs": None, "n_eval_wavs": 100, "cache_path": None}}}
     delays = [d for d in range(4) for _ in range(2)] if stereo else list(range(4))
     return {
         "device": "cpu", "dtype": "float32", "sample_rate": 32000, "channels": 2 if stereo else 1,
@@ -61,12 +64,11 @@ def melody_lm_config(size: LMSize, stereo: bool = False) -> dict:
         "classifier_free_guidance": {"training_dropout": 0.2, "inference_coef": 3.0},
         "attribute_dropout": {"text": {}, "wav": {}},
         "fuser": {"cross_attention_pos_emb": False, "cross_attention_pos_emb_scale": 1, "sum": [],
-                  "prepend": ["self_wav", "description"], "cross": [], "input_interpolate": []},
+                  "prepend": ["self_wav", "description"] if melody else [],
+                  "cross": [] if melody else ["description"], "input_interpolate": []},
         "conditioners": {
             "args": {"merge_text_conditions_p": 0.25, "drop_desc_p": 0.5},
-            "self_wav": {"model": "chroma_stem", "chroma_stem": {
-                "sample_rate": 32000, "n_chroma": 12, "radix2_exp": 14, "argmax": True,
-                "match_len_on_eval": False, "eval_wavs": None, "n_eval_wavs": 100, "cache_path": None}},
+            **(chroma if melody else {}),
             "description": {"model": "t5", "t5": {"name": "t5-base", "finetune": False, "word_dropout": 0.2,
                                                   "normalize_text": False}},
         },
@@ -89,11 +91,11 @@ def write_weights_folder(root: Path, size: str = "tiny", finetune: bool = True) 
     return root
 
 
-def write_finetune(path: Path, size: LMSize, stereo: bool = False) -> Path:
+def write_finetune(path: Path, size: LMSize = SIZES["tiny"], stereo: bool = False, melody: bool = True) -> Path:
     """A fine-tune as the hosted trainer saves it: `torch.save({'xp.cfg': DictConfig, 'model': lm_state})`."""
     import torch
     from omegaconf import OmegaConf
-    cfg = OmegaConf.create(melody_lm_config(size, stereo))
+    cfg = OmegaConf.create(lm_config(size, stereo, melody))
     _atomic_save({"xp.cfg": cfg, "model": _random_lm_state(cfg)}, path, torch.save)
     return path
 
@@ -106,7 +108,7 @@ def _random_lm_state(cfg) -> dict:
 def _write_base_lm(root: Path, size: LMSize) -> None:
     import torch
     from omegaconf import OmegaConf
-    cfg = OmegaConf.create(melody_lm_config(size))
+    cfg = OmegaConf.create(lm_config(size))
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({"xp.cfg": OmegaConf.to_yaml(cfg), "best_state": _random_lm_state(cfg), "exported": True,
                     "version": "1.3.0"}, Path(tmp) / "state_dict.bin")
@@ -141,8 +143,12 @@ def _write_encodec(root: Path) -> None:
                            upsampling_ratios=[8, 5, 4, 4], codebook_size=2048, hidden_size=16, num_filters=4,
                            num_residual_layers=1, num_lstm_layers=1, normalize=False, use_causal_conv=False,
                            chunk_length_s=None, overlap=None)
+    model = EncodecModel(config)
+    for layer in model.quantizer.layers:  # untrained codebooks are all zeros: every token would decode alike
+        layer.codebook.embed.normal_()
+        layer.codebook.embed_avg.copy_(layer.codebook.embed)
     with tempfile.TemporaryDirectory() as tmp:
-        EncodecModel(config).save_pretrained(tmp)
+        model.save_pretrained(tmp)
         _put_in_hub_cache(root, assets.ENCODEC, Path(tmp))
 
 

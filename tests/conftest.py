@@ -29,13 +29,10 @@ from tests.helpers import DEFAULTS  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_weights() -> Path:
     """A complete random weights folder (base assets, base LM, fine-tune), built once and reused."""
+    # The fine-tune is written last and atomically: its presence means the folder is complete.
     if not (TINY_WEIGHTS / "trained_model.tar").is_file():
-        partial = TINY_WEIGHTS.with_name(TINY_WEIGHTS.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        random_weights.write_weights_folder(partial)
-        environment.configure(TINY_WEIGHTS)
         shutil.rmtree(TINY_WEIGHTS, ignore_errors=True)
-        partial.rename(TINY_WEIGHTS)
+        random_weights.write_weights_folder(TINY_WEIGHTS)
     return TINY_WEIGHTS
 
 

@@ -1,0 +1,136 @@
+"""Loading MusicGen from both checkpoint formats and the base assets, offline, with clear failures."""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from musicgen_cog import assets, environment
+from musicgen_cog.assets import MissingAssetError
+from musicgen_cog.checkpoints import CheckpointError
+from musicgen_cog.loading import load_mbd, load_model
+from musicgen_cog.random_weights import write_finetune
+
+
+def copy_without(tiny_weights: Path, tmp_path: Path, *excluded: str) -> Path:
+    """A weights folder linking to the tiny one's files, minus the relative paths in `excluded`."""
+    root = tmp_path / "weights"
+    for path in tiny_weights.rglob("*"):
+        relative = path.relative_to(tiny_weights)
+        if path.is_dir() or any(str(relative).startswith(e) for e in excluded):
+            continue
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            os.symlink(os.readlink(path), target)
+        else:
+            os.symlink(path, target)
+    return root
+
+
+def test_the_baked_fine_tune_is_served_when_no_weights_are_given(tiny_weights):
+    model = load_model(tiny_weights)
+    assert model.source == tiny_weights / "trained_model.tar"
+    assert model.musicgen.sample_rate == 32000 and model.musicgen.frame_rate == 50
+    assert model.limits.supports_melody and model.limits.supports_mbd and model.limits.codebook_size == 2048
+
+
+def test_the_base_lm_folder_is_served_when_there_is_no_fine_tune(tiny_weights, tmp_path):
+    root = copy_without(tiny_weights, tmp_path, assets.FINETUNE_FILENAME)
+    model = load_model(root)
+    assert model.source == assets.locate(root, assets.BASE_LM)
+    assert (model.source / "state_dict.bin").is_file()
+
+
+def test_an_audiocraft_folder_given_as_weights_loads(tiny_weights):
+    folder = assets.locate(tiny_weights, assets.BASE_LM)
+    assert load_model(tiny_weights, folder).source == folder
+
+
+def test_a_fine_tune_file_given_as_weights_is_built_from_its_own_config(tiny_weights, tmp_path):
+    text_only = write_finetune(tmp_path / "text.tar", melody=False)
+    model = load_model(tiny_weights, text_only)
+    assert not model.limits.supports_melody
+    assert "self_wav" not in model.musicgen.lm.condition_provider.conditioners
+
+
+def test_a_stereo_fine_tune_reports_no_mbd(tiny_weights, tmp_path):
+    model = load_model(tiny_weights, write_finetune(tmp_path / "stereo.tar", stereo=True))
+    assert model.musicgen.lm.num_codebooks == 8 and not model.limits.supports_mbd
+    assert model.musicgen.audio_channels == 2
+
+
+def test_training_only_config_keys_are_dropped(tiny_weights):
+    cfg = load_model(tiny_weights).musicgen.lm.cfg
+    assert "merge_text_conditions_p" not in cfg.conditioners.args
+    assert "cache_path" not in cfg.conditioners.self_wav.chroma_stem
+
+
+def test_weights_that_do_not_match_their_config_are_refused(tiny_weights, tmp_path):
+    package = torch.load(tiny_weights / "trained_model.tar", weights_only=False)
+    package["model"].pop(next(iter(package["model"])))
+    torch.save(package, tmp_path / "broken.tar")
+    with pytest.raises(CheckpointError, match="do not match the model its xp.cfg describes"):
+        load_model(tiny_weights, tmp_path / "broken.tar")
+
+
+def test_a_dict_that_is_not_a_musicgen_checkpoint_is_refused(tiny_weights, tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.th")
+    with pytest.raises(CheckpointError, match="not a MusicGen checkpoint: it lacks model, xp.cfg"):
+        load_model(tiny_weights, tmp_path / "other.th")
+
+
+def test_missing_weights_path_is_named(tiny_weights, tmp_path):
+    with pytest.raises(CheckpointError, match="nope.tar do not exist"):
+        load_model(tiny_weights, tmp_path / "nope.tar")
+
+
+@pytest.mark.parametrize("asset", [assets.T5, assets.ENCODEC, assets.HTDEMUCS], ids=lambda a: a.label)
+def test_each_missing_base_asset_is_named_with_where_and_how(tiny_weights, tmp_path, asset):
+    if isinstance(asset, assets.HubAsset):
+        excluded = str(environment.hf_cache_dir(Path()) / ("models--" + asset.repo_id.replace("/", "--")))
+        expected_file = asset.filenames[0]
+    else:
+        excluded, expected_file = str(Path("torch")), asset.filename
+    root = copy_without(tiny_weights, tmp_path, excluded)
+    with pytest.raises(MissingAssetError) as caught:
+        load_model(root)
+    message = str(caught.value)
+    assert asset.label in message and expected_file in message
+    assert str(root) in message and f"make weights WEIGHTS_DIR={root}" in message
+
+
+def test_missing_base_lm_is_named_when_there_is_no_fine_tune(tiny_weights, tmp_path):
+    root = copy_without(tiny_weights, tmp_path, assets.FINETUNE_FILENAME, "huggingface/hub/models--facebook--musicgen")
+    with pytest.raises(MissingAssetError, match="MusicGen-melody base model .* state_dict.bin"):
+        load_model(root)
+
+
+def test_one_missing_file_of_a_hub_asset_is_named(tiny_weights, tmp_path):
+    root = copy_without(tiny_weights, tmp_path)
+    snapshot = assets.locate(root, assets.T5)
+    (snapshot / "tokenizer.json").unlink()
+    with pytest.raises(MissingAssetError, match="tokenizer.json not found"):
+        load_model(root)
+
+
+def test_missing_mbd_is_named_only_when_mbd_is_loaded(tiny_weights, tmp_path):
+    root = copy_without(tiny_weights, tmp_path, "huggingface/hub/models--facebook--multiband-diffusion")
+    model = load_model(root)
+    with pytest.raises(MissingAssetError, match="MultiBand Diffusion decoder .* mbd_musicgen_32khz.th"):
+        model.mbd()
+
+
+def test_mbd_decodes_tokens_through_the_models_own_codec(tiny_weights):
+    model = load_model(tiny_weights)
+    mbd = load_mbd(tiny_weights, model.musicgen.compression_model, "cpu")
+    assert mbd.codec_model is model.musicgen.compression_model and len(mbd.DPs) == 4
+    tokens = torch.randint(0, 2048, (1, 4, 25))
+    wav = mbd.tokens_to_wav(tokens)
+    assert wav.shape == (1, 1, 25 * 640) and torch.isfinite(wav).all()
+
+
+def test_the_environment_forbids_hub_access():
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert os.environ["HF_HUB_CACHE"].endswith("huggingface/hub")
