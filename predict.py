@@ -12,6 +12,7 @@ environment.configure()  # before audiocraft/transformers import: offline, local
 
 from cog import BasePredictor, Input, Path  # noqa: E402
 
+from musicgen_cog.audio_output import OutputFolder  # noqa: E402
 from musicgen_cog.inputs import PredictionInputs  # noqa: E402
 from musicgen_cog.loading import load_model  # noqa: E402
 from musicgen_cog.logs import configure_logging  # noqa: E402
@@ -25,7 +26,7 @@ class Predictor(BasePredictor):
         configure_logging()
         root = environment.weights_dir()
         self.model = load_model(root, resolve_finetune(weights, root))
-        self.output_dir = Path(os.environ.get("MUSICGEN_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "musicgen")
+        self.outputs = OutputFolder(os.environ.get("MUSICGEN_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "musicgen")
 
     def predict(
         self,
@@ -76,4 +77,4 @@ class Predictor(BasePredictor):
             multi_band_diffusion=multi_band_diffusion, normalization_strategy=normalization_strategy,
             top_k=top_k, top_p=top_p, temperature=temperature, classifier_free_guidance=classifier_free_guidance,
             output_format=output_format, seed=seed)
-        return Path(run_prediction(self.model, inputs, self.output_dir))
+        return Path(run_prediction(self.model, inputs, self.outputs))

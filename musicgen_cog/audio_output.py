@@ -17,6 +17,24 @@ from pydub.exceptions import CouldntEncodeError
 OUTPUT_FORMATS = ("wav", "mp3")
 
 
+class OutputFolder:
+    """The server's output folder, holding only the latest prediction's file.
+
+    Cog sends (or uploads) a returned file before the next prediction starts and never
+    deletes it, so each new prediction removes the previous one's: disk use stays bounded.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._previous: Path | None = None
+
+    def write(self, wav: torch.Tensor, sample_rate: int, output_format: str, stem: str) -> Path:
+        if self._previous is not None:
+            self._previous.unlink(missing_ok=True)
+        self._previous = write_audio(wav, sample_rate, output_format, self.path, stem)
+        return self._previous
+
+
 class EncodingError(RuntimeError):
     """The output file could not be written or encoded."""
 

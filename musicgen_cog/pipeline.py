@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .audio_input import decode_audio, slice_audio
-from .audio_output import write_audio
+from .audio_output import OutputFolder
 from .generation import GenerationRequest, Sampling, generate
 from .inputs import PredictionInputs, validate
 from .loading import LoadedModel
@@ -16,8 +16,8 @@ from .seeding import resolve_seed, seed_everything
 log = logging.getLogger(__name__)
 
 
-def run_prediction(model: LoadedModel, inputs: PredictionInputs, output_dir: Path) -> Path:
-    """Run `inputs` on `model` and return the path of the new audio file in `output_dir`."""
+def run_prediction(model: LoadedModel, inputs: PredictionInputs, outputs: OutputFolder) -> Path:
+    """Run `inputs` on `model` and return the path of the new audio file in `outputs`."""
     started = time.monotonic()
     validate(inputs, model.limits)
     seed = resolve_seed(inputs.seed)
@@ -36,7 +36,7 @@ def run_prediction(model: LoadedModel, inputs: PredictionInputs, output_dir: Pat
     sample_rate = model.musicgen.sample_rate
     log.info("normalizing (%s) and encoding %s", inputs.normalization_strategy, inputs.output_format)
     wav = normalize(wav, sample_rate, inputs.normalization_strategy)
-    path = write_audio(wav, sample_rate, inputs.output_format, output_dir, stem=f"musicgen-seed{seed}")
+    path = outputs.write(wav, sample_rate, inputs.output_format, stem=f"musicgen-seed{seed}")
     log.info("wrote %s (%.2f s of audio) in %.1f s", path.name, wav.shape[-1] / sample_rate,
              time.monotonic() - started)
     return path

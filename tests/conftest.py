@@ -23,6 +23,7 @@ _GENERATOR_HASH = hashlib.sha256(Path(random_weights.__file__).read_bytes()).hex
 TINY_WEIGHTS = ROOT / ".cache" / f"tiny-weights-{_GENERATOR_HASH}"
 environment.configure(TINY_WEIGHTS)
 
+from musicgen_cog.audio_output import OutputFolder  # noqa: E402
 from tests.helpers import DEFAULTS  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def predictor(tiny_weights):
 @pytest.fixture
 def run(predictor, tmp_path):
     """Call predict() with every argument passed (as Cog would), overriding some; return the file."""
-    predictor.output_dir = tmp_path / "outputs"
+    predictor.outputs = OutputFolder(tmp_path / "outputs")
 
     def call(**overrides) -> Path:
         unknown = set(overrides) - set(DEFAULTS)

@@ -5,7 +5,7 @@ import soundfile
 import torch
 from pydub import AudioSegment
 
-from musicgen_cog.audio_output import EncodingError, write_audio
+from musicgen_cog.audio_output import EncodingError, OutputFolder, write_audio
 from tests.helpers import SAMPLE_RATE, read_audio
 
 SIGNAL = 0.5 * torch.sin(torch.linspace(0, 2000, SAMPLE_RATE * 2))[None]
@@ -37,3 +37,11 @@ def test_a_failed_mp3_encode_is_an_error_and_leaves_nothing(tmp_path, monkeypatc
     with pytest.raises(EncodingError, match="mp3 encoding with ffmpeg failed"):
         write_audio(SIGNAL, SAMPLE_RATE, "mp3", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_output_folder_keeps_only_the_latest_prediction(tmp_path):
+    folder = OutputFolder(tmp_path / "out")
+    first = folder.write(SIGNAL, SAMPLE_RATE, "wav", stem="a")
+    second = folder.write(SIGNAL, SAMPLE_RATE, "mp3", stem="b")
+    assert not first.exists() and second.exists()
+    assert list((tmp_path / "out").iterdir()) == [second]

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 
+from musicgen_cog.audio_output import OutputFolder
 from musicgen_cog.inputs import InputError
 from musicgen_cog.normalization import db_to_gain
 from musicgen_cog.random_weights import write_finetune
@@ -269,7 +270,7 @@ def other_predictor(tiny_weights, tmp_path_factory):
         path = write_finetune(tmp_path_factory.mktemp("finetune") / "trained_model.tar", **variant)
         instance = predict.Predictor()
         instance.setup(weights=str(path))
-        instance.output_dir = tmp_path_factory.mktemp("outputs")
+        instance.outputs = OutputFolder(tmp_path_factory.mktemp("outputs"))
         return instance
     return build
 

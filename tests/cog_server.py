@@ -1,0 +1,117 @@
+"""The real Cog HTTP server (coglet) in a subprocess on a free loopback port, and loopback receivers."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ROOT
+
+VENV_BIN = Path(sys.executable).parent
+
+
+class CogServer:
+    """`python -m cog.server.http` from the repo root, as the image runs it (see `make serve`)."""
+
+    def __init__(self, weights_dir: Path, log_path: Path, args: tuple[str, ...] = (), env: dict | None = None):
+        self.log_path = log_path
+        environment = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PORT": "0",
+                       "COG_PREDICT_TYPE_STUB": "predict.py:Predictor", "WEIGHTS_DIR": str(weights_dir),
+                       "MUSICGEN_OUTPUT_DIR": str(log_path.parent / "outputs"), "OMP_NUM_THREADS": "1",
+                       **(env or {})}
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", *args],
+                                        cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self._port()}"
+
+    def _port(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"Starting coglet server on 127\.0\.0\.1:(\d+)", self.log_path.read_text())
+            if found:
+                return int(found.group(1))
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"the server did not start; its log:\n{self.log_path.read_text()[-3000:]}")
+
+    def health(self) -> dict:
+        return requests.get(f"{self.url}/health-check", timeout=10).json()
+
+    def wait_for(self, *statuses: str, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.health()
+            if health["status"] in statuses:
+                return health
+            if health["status"] == "SETUP_FAILED":
+                raise RuntimeError(f"setup failed: {health.get('setup', {}).get('logs', '')[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"server stayed {self.health()['status']}, wanted {statuses}")
+
+    def predict(self, timeout: float = 300, headers: dict | None = None, when_ready: bool = True,
+                **body) -> requests.Response:
+        """POST /predictions; first wait for READY, as coglet 0.23 frees its slot only just after
+        answering a failed prediction (an immediate next request can get a spurious 409)."""
+        if when_ready:
+            self.wait_for("READY", timeout=60)
+        return requests.post(f"{self.url}/predictions", json=body, headers=headers, timeout=timeout)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+class Receiver:
+    """A loopback HTTP server recording what is POSTed (webhooks) or PUT (uploads) to it."""
+
+    def __init__(self, delay: float = 0.0):
+        self.received: list[tuple[str, str, bytes]] = []
+        self.delay = delay
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(receiver.delay)
+                receiver.received.append((self.command, self.path, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_PUT = _record
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def json_bodies(self) -> list[dict]:
+        return [json.loads(body) for method, _, body in self.received if method == "POST"]
+
+    def wait_for(self, predicate, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"receiver never saw what was expected; got {[r[:2] for r in self.received]}")
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
