@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 WEIGHTS_DIR ?= weights
 TINY_WEIGHTS_DIR ?= .cache/tiny-weights
 PROMPT ?= lofi hip hop beat with warm piano
+PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export WEIGHTS_DIR
 
-.PHONY: help setup system-packages test tiny-weights predict demo lock
+.PHONY: help setup system-packages test weights tiny-weights predict demo serve schema lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,6 +30,9 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-test.t
 test: setup  ## run the whole test suite (CI runs exactly this)
 	$(PY) -m pytest
 
+weights: setup  ## fetch every real asset into WEIGHTS_DIR: pinned in its assets.lock.json, verified, resumable
+	$(PY) -m musicgen_cog.fetch_weights $(WEIGHTS_DIR)
+
 tiny-weights: setup  ## write random tiny weights in the real layout to WEIGHTS_DIR
 	$(PY) -m musicgen_cog.random_weights $(WEIGHTS_DIR)
 
@@ -38,6 +42,13 @@ predict: setup  ## one prediction with the weights in WEIGHTS_DIR: make predict 
 demo: setup  ## fresh machine, no weights: tiny random weights, then one prediction (noise, not music)
 	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.random_weights $(TINY_WEIGHTS_DIR)
 	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.cli -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
+
+schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
+	$(PY) -m musicgen_cog.openapi_schema
+
+serve: schema  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
+	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=predict.py:Predictor PORT=$(PORT) \
+	  $(PY) -m cog.server.http --host 127.0.0.1 $(SERVE_ARGS)
 
 lock:  ## re-resolve the stack into requirements.txt (review the diff before committing)
 	rm -rf /tmp/musicgen-lock && $(PYTHON) -m venv /tmp/musicgen-lock

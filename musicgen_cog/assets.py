@@ -6,6 +6,7 @@ documents the same layout; `make weights` fills it and `make tiny-weights` fakes
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,17 @@ class HubAsset:
 
 @dataclass(frozen=True)
 class TorchHubAsset:
-    """One file of the torch-hub checkpoint cache (how demucs finds htdemucs offline)."""
+    """One file of the torch-hub checkpoint cache (how demucs finds htdemucs offline).
+
+    torch-hub names such files `<name>-<first 8 hex of their sha256>.<ext>`: the name pins the content.
+    """
     label: str
     filename: str
     url: str
+
+    @property
+    def sha256_prefix(self) -> str:
+        return self.filename.rsplit("-", 1)[1].split(".")[0]
 
 
 T5 = HubAsset("T5 text encoder", "t5-base", ("config.json", "model.safetensors", "spiece.model", "tokenizer.json"))
@@ -44,9 +52,26 @@ class MissingAssetError(FileNotFoundError):
     """A required asset is not in the weights folder; the message says how to get it."""
 
 
+def hub_repo_dir(root: Path, asset: HubAsset) -> Path:
+    """`asset`'s folder in the hub cache: `blobs/`, `snapshots/<commit>/` and `refs/main`."""
+    return environment.hf_cache_dir(root) / ("models--" + asset.repo_id.replace("/", "--"))
+
+
+def add_to_snapshot(root: Path, asset: HubAsset, commit: str, filename: str, blob: Path) -> Path:
+    """Link a file already in `blobs/` into snapshot `commit` and point `refs/main` at it."""
+    repo_dir = hub_repo_dir(root, asset)
+    link = repo_dir / "snapshots" / commit / filename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(blob, link.parent), link)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return link
+
+
 def hub_snapshot(root: Path, asset: HubAsset) -> Path | None:
     """The cached snapshot folder that `refs/main` of `asset` points to, if any."""
-    repo_dir = environment.hf_cache_dir(root) / ("models--" + asset.repo_id.replace("/", "--"))
+    repo_dir = hub_repo_dir(root, asset)
     ref = repo_dir / "refs" / "main"
     if not ref.is_file():
         return None
@@ -62,7 +87,7 @@ def locate(root: Path, asset: HubAsset | TorchHubAsset) -> Path:
             raise MissingAssetError(_missing_message(root, asset.label, path.name, path.parent))
         return path
     snapshot = hub_snapshot(root, asset)
-    folder = environment.hf_cache_dir(root) / ("models--" + asset.repo_id.replace("/", "--"))
+    folder = hub_repo_dir(root, asset)
     missing = [name for name in asset.filenames if snapshot is None or not (snapshot / name).is_file()]
     if missing:
         raise MissingAssetError(_missing_message(root, f"{asset.label} ({asset.repo_id})", ", ".join(missing), folder))

@@ -27,18 +27,19 @@ def torch_home(root: Path) -> Path:
     return root / "torch"
 
 
-def configure(root: Path | None = None) -> Path:
-    """Set the cache and offline variables for `root` (default `weights_dir()`); return it."""
+def configure(root: Path | None = None, offline: bool = True) -> Path:
+    """Point the caches at `root` (default `weights_dir()`), offline unless fetching; return it."""
     root = Path(root).resolve() if root is not None else weights_dir()
     wanted = {
         "WEIGHTS_DIR": str(root),
         "HF_HUB_CACHE": str(hf_cache_dir(root)),
         "TORCH_HOME": str(torch_home(root)),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1" if offline else "0",
+        "TRANSFORMERS_OFFLINE": "1" if offline else "0",
         "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }
+    if offline:
+        wanted["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if "huggingface_hub" in sys.modules and os.environ.get("HF_HUB_CACHE") != wanted["HF_HUB_CACHE"]:
         raise RuntimeError(
             "musicgen_cog.environment.configure() ran after huggingface_hub was imported; "

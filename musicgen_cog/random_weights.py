@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -192,19 +191,15 @@ def _write_mbd(root: Path) -> None:
 
 def _put_in_hub_cache(root: Path, asset: assets.HubAsset, source: Path) -> None:
     """Lay `source`'s files out as huggingface_hub caches them: blobs, a snapshot of links, refs/main."""
-    repo_dir = environment.hf_cache_dir(root) / ("models--" + asset.repo_id.replace("/", "--"))
-    revision = hashlib.sha1(f"random-weights:{asset.repo_id}".encode()).hexdigest()
-    snapshot = repo_dir / "snapshots" / revision
+    repo_dir = assets.hub_repo_dir(root, asset)
     if repo_dir.exists():
         shutil.rmtree(repo_dir)
     (repo_dir / "blobs").mkdir(parents=True)
-    snapshot.mkdir(parents=True)
+    revision = hashlib.sha1(f"random-weights:{asset.repo_id}".encode()).hexdigest()
     for file in sorted(source.iterdir()):
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
-        shutil.copyfile(file, repo_dir / "blobs" / digest)
-        os.symlink(os.path.relpath(repo_dir / "blobs" / digest, snapshot), snapshot / file.name)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(revision)
+        blob = repo_dir / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        assets.add_to_snapshot(root, asset, revision, file.name, blob)
 
 
 def _atomic_save(obj: object, path: Path, save) -> None:
