@@ -10,7 +10,7 @@ PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export WEIGHTS_DIR
 
-.PHONY: help setup system-packages test weights tiny-weights predict demo serve schema lock
+.PHONY: help setup system-packages test weights tiny-weights predict demo serve schema bench lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,6 +42,9 @@ predict: setup  ## one prediction with the weights in WEIGHTS_DIR: make predict 
 demo: setup  ## fresh machine, no weights: tiny random weights, then one prediction (noise, not music)
 	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.random_weights $(TINY_WEIGHTS_DIR)
 	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.cli -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
+
+bench: setup  ## benchmarks (figures go in docs/benchmarks.md): cold-boot setup vs raw read, full-size weights
+	$(PY) -m bench.setup_time
 
 schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
 	$(PY) -m musicgen_cog.openapi_schema

@@ -33,7 +33,7 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(CONFIG_CLASSES):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refused to load {path}: it holds objects other than tensors and configs, and loading "
@@ -43,6 +43,11 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of weights")
     return obj
+
+
+def _is_zip(path: Path) -> bool:
+    """torch.save's zip format can be memory-mapped: tensors are read once, straight into place."""
+    return zipfile.is_zipfile(path)
 
 
 def _first_line(exc: BaseException) -> str:

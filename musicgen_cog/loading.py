@@ -20,6 +20,7 @@ from audiocraft.models.multibanddiffusion import DiffusionProcess, MultiBandDiff
 from audiocraft.modules.diffusion_schedule import NoiseSchedule
 from omegaconf import DictConfig, OmegaConf
 from transformers import EncodecModel
+from transformers.initialization import no_init_weights
 
 from . import assets
 from .checkpoints import CheckpointError, load_checkpoint
@@ -88,7 +89,8 @@ def load_model(root: Path, finetune: Path | None = None, device: str | None = No
     cfg = _inference_config(package["xp.cfg"], device)
     _require_conditioner_assets(root, cfg)
     log.info("building the language model from %s", source)
-    lm = builders.get_lm_model(cfg)
+    with no_init_weights():  # every weight is overwritten by the checkpoint just below: skip random init
+        lm = builders.get_lm_model(cfg)
     try:
         lm.load_state_dict(package[state_key])
     except RuntimeError as exc:

@@ -134,3 +134,23 @@ def test_mbd_decodes_tokens_through_the_models_own_codec(tiny_weights):
 def test_the_environment_forbids_hub_access():
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
     assert os.environ["HF_HUB_CACHE"].endswith("huggingface/hub")
+
+
+def test_skipping_random_init_gives_exactly_the_checkpoints_model(tiny_weights):
+    """Setup builds the LM without random init (the checkpoint overwrites it): same model as a full build."""
+    from audiocraft.models import builders
+
+    musicgen = load_model(tiny_weights).musicgen
+    fast = musicgen.lm
+    reference = builders.get_lm_model(fast.cfg)
+    reference.load_state_dict(torch.load(tiny_weights / "trained_model.tar", weights_only=False)["model"])
+    reference.eval()
+    assert {k: v.shape for k, v in fast.named_buffers()} == {k: v.shape for k, v in reference.named_buffers()}
+    for (name, a), (_, b) in zip(fast.named_buffers(), reference.named_buffers()):
+        assert torch.equal(a, b), name
+    attributes, _ = musicgen._prepare_tokens_and_attributes(["calm piano"], None)
+    codes = torch.randint(0, 2048, (1, 4, 20))
+    with torch.no_grad():
+        logits = [lm.compute_predictions(codes, attributes).logits for lm in (fast, reference)]
+    assert torch.isfinite(logits[0]).any()
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0, equal_nan=True)  # NaN marks masked steps
