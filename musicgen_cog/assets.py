@@ -6,7 +6,9 @@ documents the same layout; `make weights` fills it and `make tiny-weights` fakes
 """
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +51,7 @@ ALL_ASSETS = (T5, ENCODEC, BASE_LM, MBD, HTDEMUCS)
 
 
 class MissingAssetError(FileNotFoundError):
-    """A required asset is not in the weights folder; the message says how to get it."""
+    """A required asset is missing from the weights folder or unreadable; the message says how to get it."""
 
 
 def hub_repo_dir(root: Path, asset: HubAsset) -> Path:
@@ -84,17 +86,40 @@ def locate(root: Path, asset: HubAsset | TorchHubAsset) -> Path:
     if isinstance(asset, TorchHubAsset):
         path = environment.torch_home(root) / "hub" / "checkpoints" / asset.filename
         if not path.is_file():
-            raise MissingAssetError(_missing_message(root, asset.label, path.name, path.parent))
+            raise MissingAssetError(_message(root, f"missing {asset.label}", f"{path.name} not found", path.parent))
+        _require_readable(root, asset.label, path)
         return path
     snapshot = hub_snapshot(root, asset)
     folder = hub_repo_dir(root, asset)
+    label = f"{asset.label} ({asset.repo_id})"
     missing = [name for name in asset.filenames if snapshot is None or not (snapshot / name).is_file()]
     if missing:
-        raise MissingAssetError(_missing_message(root, f"{asset.label} ({asset.repo_id})", ", ".join(missing), folder))
+        raise MissingAssetError(_message(root, f"missing {label}", f"{', '.join(missing)} not found", folder))
+    for name in asset.filenames:
+        _require_readable(root, label, snapshot / name)
     return snapshot
 
 
-def _missing_message(root: Path, label: str, files: str, searched: Path) -> str:
-    return (f"missing {label}: {files} not found under {searched}. "
+def _require_readable(root: Path, label: str, path: Path) -> None:
+    """A cheap structural check (headers, zip directory, JSON) that catches truncated or garbage files."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt"):
+                pass
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".model":
+            import sentencepiece
+            sentencepiece.SentencePieceProcessor(model_file=str(path))
+        elif path.suffix in (".bin", ".th", ".tar"):
+            zipfile.ZipFile(path).close()  # torch.save's format; its directory sits at the very end
+    except Exception as exc:  # each reader has its own error types; any of them means unusable
+        raise MissingAssetError(_message(root, f"corrupt {label}", f"{path.name} cannot be read "
+                                         f"({type(exc).__name__}: {exc})", path.parent)) from exc
+
+
+def _message(root: Path, what: str, problem: str, searched: Path) -> str:
+    return (f"{what}: {problem} under {searched}. "
             f"Fetch the real weights with `make weights WEIGHTS_DIR={root}` "
             f"(or random test weights with `make tiny-weights WEIGHTS_DIR={root}`).")

@@ -154,3 +154,30 @@ def test_skipping_random_init_gives_exactly_the_checkpoints_model(tiny_weights):
         logits = [lm.compute_predictions(codes, attributes).logits for lm in (fast, reference)]
     assert torch.isfinite(logits[0]).any()
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0, equal_nan=True)  # NaN marks masked steps
+
+
+@pytest.mark.parametrize("asset, filename, damage", [
+    (assets.T5, "model.safetensors", "truncate"), (assets.T5, "tokenizer.json", "garbage"),
+    (assets.T5, "spiece.model", "garbage"), (assets.ENCODEC, "config.json", "truncate"),
+    (assets.HTDEMUCS, None, "truncate"), (assets.BASE_LM, "state_dict.bin", "truncate")],
+    ids=lambda v: getattr(v, "label", v))
+def test_a_corrupt_asset_fails_setup_naming_the_file_and_the_fix(tiny_weights, tmp_path, asset, filename, damage):
+    root = copy_without(tiny_weights, tmp_path, assets.FINETUNE_FILENAME)
+    link = assets.locate(root, asset) if filename is None else assets.locate(root, asset) / filename
+    data = link.read_bytes()
+    link.unlink()
+    link.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 10)
+    with pytest.raises(MissingAssetError) as caught:
+        load_model(root)
+    message = str(caught.value)
+    assert message.startswith(f"corrupt {asset.label}") and f"{link.name} cannot be read" in message
+    assert str(link.parent) in message and f"make weights WEIGHTS_DIR={root}" in message
+
+
+def test_a_fine_tune_crafted_to_run_code_is_refused_at_setup(tiny_weights, tmp_path):
+    from tests.test_checkpoints import RunsCode
+    marker = tmp_path / "pwned"
+    torch.save({"xp.cfg": {}, "model": RunsCode(marker)}, tmp_path / "trained_model.tar")
+    with pytest.raises(CheckpointError, match="refused to load .* could run arbitrary code"):
+        load_model(tiny_weights, tmp_path / "trained_model.tar")
+    assert not marker.exists()
