@@ -61,10 +61,10 @@ def generate(model: LoadedModel, request: GenerationRequest) -> torch.Tensor:
                 request.continue_from.samples[None], request.continue_from.sample_rate, descriptions,
                 progress=True, return_tokens=True)
         elif request.melody is not None:
+            melody = _melody_used(request.melody, total, musicgen.max_duration)
             log.info("separating melody stems (htdemucs) and generating %.2f s", total)
             wav, tokens = musicgen.generate_with_chroma(
-                descriptions, request.melody.samples[None], request.melody.sample_rate,
-                progress=True, return_tokens=True)
+                descriptions, melody.samples[None], melody.sample_rate, progress=True, return_tokens=True)
         else:
             log.info("generating %.2f s from text", total)
             wav, tokens = musicgen.generate(descriptions, progress=True, return_tokens=True)
@@ -78,6 +78,17 @@ def generate(model: LoadedModel, request: GenerationRequest) -> torch.Tensor:
     if not torch.isfinite(wav).all():
         raise RuntimeError("the model produced NaN or infinite samples; try again with another seed")
     return wav
+
+
+def _melody_used(melody: Audio, total: float, window: float) -> Audio:
+    """The part of `melody` that can condition `total` seconds: one window, or every window's reach.
+
+    With the checkpoint's `match_len_on_eval: false` audiocraft prepends chroma for the whole
+    melody, so a 10-minute file would add ~4,700 prefix tokens to every step; melodies up to
+    one window long are passed whole, as the hosted model does.
+    """
+    keep = int((window if total <= window else total + window) * melody.sample_rate)
+    return melody if melody.samples.shape[-1] <= keep else Audio(melody.samples[:, :keep], melody.sample_rate)
 
 
 def _check_continuation_prompt(audio: Audio, window: float) -> None:

@@ -12,6 +12,7 @@ from .audio_output import OUTPUT_FORMATS
 from .normalization import STRATEGIES
 
 MAX_DURATION = 300        # seconds of new audio per request (windowed beyond the model's 30 s)
+MAX_PROMPT_CHARACTERS = 2000  # T5 was trained on short texts and audiocraft does not truncate them
 SEED_RANGE = (0, 2**32 - 1)  # what numpy's seeding accepts
 
 
@@ -74,6 +75,8 @@ def validate(inputs: PredictionInputs, limits: ModelLimits) -> None:
 
 
 def _check_ranges(inputs: PredictionInputs, limits: ModelLimits) -> None:
+    _require(inputs.prompt is None or len(inputs.prompt) <= MAX_PROMPT_CHARACTERS, "prompt",
+             f"is {len(inputs.prompt or '')} characters long; at most {MAX_PROMPT_CHARACTERS} are accepted")
     _require(1 <= inputs.duration <= MAX_DURATION, "duration",
              f"must be between 1 and {MAX_DURATION} seconds, got {inputs.duration}")
     _require(inputs.continuation_start >= 0, "continuation_start",

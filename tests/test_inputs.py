@@ -56,6 +56,7 @@ def test_mbd_on_a_stereo_model_is_refused():
 
 
 @pytest.mark.parametrize("field, value, expected", [
+    ("prompt", "x" * 2001, "prompt is 2001 characters long; at most 2000 are accepted"),
     ("duration", 0, "duration must be between 1 and 300 seconds, got 0"),
     ("duration", -3, "duration must be between 1 and 300"),
     ("duration", 301, "duration must be between 1 and 300"),
@@ -74,15 +75,16 @@ def test_mbd_on_a_stereo_model_is_refused():
     ("seed", 2**32, "seed must be -1 or empty (random)"),
 ])
 def test_out_of_range_values_name_the_input_and_what_is_accepted(field, value, expected):
-    message = error_of(prompt="x", **{field: value})
-    assert message.startswith(expected)
+    fields = {"prompt": "x", field: value}
+    assert error_of(**fields).startswith(expected)
     with pytest.raises(InputError) as caught:
-        validate(PredictionInputs(prompt="x", **{field: value}), MELODY_MODEL)
+        validate(PredictionInputs(**fields), MELODY_MODEL)
     assert caught.value.input_name == field
 
 
 @pytest.mark.parametrize("field, value", [("top_k", 0), ("top_k", 2048), ("top_p", 1.0), ("temperature", 0.0),
                                           ("classifier_free_guidance", 0), ("seed", 0), ("seed", -1),
-                                          ("seed", 2**32 - 1), ("duration", 300)])
+                                          ("seed", 2**32 - 1), ("duration", 300),
+                                          ("prompt", "x" * 2000)])
 def test_edge_values_that_are_accepted(field, value):
-    validate(PredictionInputs(prompt="x", **{field: value}), MELODY_MODEL)
+    validate(PredictionInputs(**{"prompt": "x", field: value}), MELODY_MODEL)

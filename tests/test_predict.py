@@ -290,3 +290,17 @@ def test_mbd_on_a_stereo_model_is_refused_and_stereo_output_works(other_predicto
     with pytest.raises(InputError, match="multi_band_diffusion only works with mono"):
         predictor.predict(**{**DEFAULTS, "multi_band_diffusion": True})
     assert samples_of(predictor.predict(**DEFAULTS)).shape == (SAMPLE_RATE, 2)
+
+
+@pytest.mark.parametrize("duration, melody_seconds, expected_seconds", [(8, 45, 30), (8, 20, 20), (40, 100, 70)])
+def test_only_the_melody_that_can_condition_the_output_is_processed(run, predictor, tmp_path, monkeypatch,
+                                                                    duration, melody_seconds, expected_seconds):
+    melody = write_tone(tmp_path / "m.wav", seconds=melody_seconds, sample_rate=8000)
+    musicgen = predictor.model.musicgen
+    lengths = []
+    monkeypatch.setattr(musicgen, "generate_with_chroma",
+                        lambda d, wavs, rate, **k: lengths.append(wavs.shape[-1] / rate) or (_ for _ in ()).throw(
+                            RuntimeError("stop after recording")))
+    with pytest.raises(RuntimeError, match="stop after recording"):
+        run(input_audio=melody, duration=duration)
+    assert lengths == [expected_seconds]
