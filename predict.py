@@ -16,6 +16,7 @@ from musicgen_cog.audio_output import OutputFolder  # noqa: E402
 from musicgen_cog.inputs import PredictionInputs  # noqa: E402
 from musicgen_cog.loading import load_model  # noqa: E402
 from musicgen_cog.logs import configure_logging  # noqa: E402
+from musicgen_cog.memory import release_freed_memory  # noqa: E402
 from musicgen_cog.pipeline import run_prediction  # noqa: E402
 from musicgen_cog.weights_source import resolve_finetune  # noqa: E402
 
@@ -77,4 +78,7 @@ class Predictor(BasePredictor):
             multi_band_diffusion=multi_band_diffusion, normalization_strategy=normalization_strategy,
             top_k=top_k, top_p=top_p, temperature=temperature, classifier_free_guidance=classifier_free_guidance,
             output_format=output_format, seed=seed)
-        return Path(run_prediction(self.model, inputs, self.outputs))
+        try:
+            return Path(run_prediction(self.model, inputs, self.outputs))
+        finally:
+            release_freed_memory()

@@ -1,10 +1,10 @@
 """`make weights`: fetch every real asset into a weights folder, pinned, verified and resumable.
 
-Files are fetched with huggingface_hub's HTTP client (`get_hf_file_metadata` for the commit,
-content address and size; `http_get`, which resumes with a Range request and checks the size)
-into a persistent `<blob>.incomplete`, so an interrupted run continues where it stopped. A file
-enters the cache only once whole and verified: against the hub's content address (sha256 for
-LFS files, the git blob sha1 otherwise) and against the lock, then renamed into place.
+huggingface_hub's `get_hf_file_metadata` gives each file's commit, content address and size;
+`downloads.download` fetches it into a persistent `<blob>.incomplete`, so an interrupted run
+continues where it stopped. A file enters the cache only once whole and verified: against the
+hub's content address (sha256 for LFS files, the git blob sha1 otherwise) and against the lock,
+then renamed into place.
 
 The lock (`<folder>/assets.lock.json`) records the commit and sha256 each file was first fetched
 at; later runs ask the hub for exactly that commit. htdemucs is pinned by the sha256 prefix
@@ -22,12 +22,9 @@ import sys
 from pathlib import Path
 
 from . import assets, environment
+from .downloads import DownloadError, download
 
 LOCK_NAME = "assets.lock.json"
-
-
-class VerificationError(RuntimeError):
-    """A downloaded file is not the file it claims to be; it has been removed."""
 
 
 def sha256_of(path: Path) -> str:
@@ -46,23 +43,6 @@ def matches_content_address(path: Path, address: str) -> bool:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == address
 
 
-def download_resumable(url: str, destination: Path, expected_size: int | None, check) -> None:
-    """Download `url` to `destination` through `<destination>.incomplete`; `check(partial)` must pass."""
-    from huggingface_hub.file_download import http_get
-
-    partial = destination.with_name(destination.name + ".incomplete")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    resume = partial.stat().st_size if partial.exists() else 0
-    with open(partial, "ab") as out:
-        http_get(url, out, resume_size=resume, expected_size=expected_size, displayed_filename=destination.name)
-    problem = check(partial)
-    if problem:
-        partial.unlink()
-        raise VerificationError(f"{destination.name}: downloaded content does not match its checksum ({problem}); "
-                                "the file was removed, run again")
-    partial.replace(destination)
-
-
 def fetch_hub_asset(root: Path, asset: assets.HubAsset, lock: dict, endpoint: str | None) -> None:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
@@ -77,12 +57,12 @@ def fetch_hub_asset(root: Path, asset: assets.HubAsset, lock: dict, endpoint: st
         meta = get_hf_file_metadata(hf_hub_url(asset.repo_id, filename, revision=commit or "main",
                                                endpoint=endpoint))
         if commit and meta.commit_hash != commit:
-            raise VerificationError(f"{asset.repo_id}: the hub answered commit {meta.commit_hash} for pinned {commit}")
+            raise DownloadError(f"{asset.repo_id}: the hub answered commit {meta.commit_hash} for pinned {commit}")
         commit = meta.commit_hash
         blob = assets.hub_repo_dir(root, asset) / "blobs" / meta.etag
         expected = files.get(filename)
         if not blob.is_file():
-            download_resumable(meta.location, blob, meta.size, lambda path: _blob_problem(path, meta.etag, expected))
+            download(meta.location, blob, lambda path: _blob_problem(path, meta.etag, expected), meta.size)
         files[filename] = sha256_of(blob)
         assets.add_to_snapshot(root, asset, commit, filename, blob)
         print(f"ok  {asset.repo_id}/{filename} @ {commit[:12]}")
@@ -102,8 +82,8 @@ def fetch_htdemucs(root: Path, url: str, sha256_prefix: str) -> None:
     if target.is_file() and sha256_of(target).startswith(sha256_prefix):
         print(f"ok  {target.name} (cached)")
         return
-    download_resumable(url, target, None, lambda path: None if sha256_of(path).startswith(sha256_prefix)
-                       else f"expected a sha256 starting {sha256_prefix}")
+    download(url, target, lambda path: None if sha256_of(path).startswith(sha256_prefix)
+             else f"expected a sha256 starting {sha256_prefix}")
     print(f"ok  {target.name}")
 
 

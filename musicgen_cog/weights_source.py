@@ -1,21 +1,19 @@
 """Where a fine-tune comes from: `COG_WEIGHTS` / `setup(weights=...)`, a local path or an http(s) URL.
 
-A URL is fetched once into `<weights>/finetunes/<sha256 of the URL>/`, written to a temporary
-file and renamed only when complete, then reused on every later boot. The file itself is
+A URL is fetched once into `<weights>/finetunes/<sha256 of the URL>/` by `downloads.download`
+(resumable, size-checked, renamed only when whole), then reused on every later boot. The file itself is
 untrusted and is only ever read through `checkpoints.load_checkpoint`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import urllib.error
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch.hub
-
 from . import assets
 from .checkpoints import CheckpointError
+from .downloads import DownloadError, download, redact
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +38,10 @@ def resolve_finetune(weights: str | None, root: Path) -> Path | None:
         log.info("using cached fine-tune %s", cached)
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading fine-tune weights from %s", _redact(weights))
+    log.info("downloading fine-tune weights from %s", redact(weights))
     try:
-        torch.hub.download_url_to_file(weights, str(cached), progress=True)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise CheckpointError(f"could not download COG_WEIGHTS from {_redact(weights)}: {exc}") from exc
+        download(weights, cached)
+    except DownloadError as exc:
+        raise CheckpointError(f"could not download COG_WEIGHTS from {redact(weights)}: {exc}") from exc
+    log.info("fine-tune weights saved to %s", cached)
     return cached
-
-
-def _redact(url: str) -> str:
-    """The URL without its query string, which often carries a signed token."""
-    parts = urlparse(url)
-    return parts._replace(query="", params="").geturl()

@@ -38,6 +38,18 @@ def tiny_weights() -> Path:
 
 
 @pytest.fixture(scope="session")
+def schema_file(tiny_weights) -> Path:
+    """`.cog/openapi_schema.json`, generated exactly as `make schema` does, for the HTTP server."""
+    import json
+
+    from musicgen_cog.openapi_schema import build_schema
+    path = ROOT / ".cog" / "openapi_schema.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(build_schema(), indent=2) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
 def predictor(tiny_weights):
     """predict.Predictor after setup() on the tiny folder's baked-in fine-tune."""
     import predict

@@ -12,7 +12,6 @@ import pytest
 import requests
 import soundfile
 
-from musicgen_cog.openapi_schema import build_schema
 from tests.cog_server import CogServer, Receiver
 from tests.conftest import ROOT
 from tests.helpers import SAMPLE_RATE, write_tone
@@ -44,15 +43,6 @@ def hosted_inputs() -> dict[str, dict]:
             field["default"] = following == "True"
         fields[line] = field
     return fields
-
-
-@pytest.fixture(scope="module")
-def schema_file():
-    """`.cog/openapi_schema.json`, generated exactly as `make schema` does."""
-    path = ROOT / ".cog" / "openapi_schema.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(build_schema(), indent=2) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

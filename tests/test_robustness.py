@@ -1,0 +1,382 @@
+"""Bad input, faults and load through the real HTTP server: nothing crashes, hangs or leaks.
+
+Every request has a time limit; "no hang" means each one answers within it.
+"""
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import math
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile
+
+from musicgen_cog.weights_source import finetune_cache_path
+from tests.cog_server import CogServer, Receiver
+from tests.helpers import DEFAULTS, SAMPLE_RATE, tone, write_tone
+
+REQUEST_LIMIT = 120  # seconds any single request may take before it counts as a hang
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights, schema_file, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("robust")
+    (folder / "tmp").mkdir()
+    instance = CogServer(tiny_weights, folder / "server.log", env={"TMPDIR": str(folder / "tmp")})
+    try:
+        instance.wait_for("READY")
+        yield instance
+    finally:
+        instance.stop()
+
+
+def data_uri(content: bytes, mime: str = "audio/wav") -> str:
+    return f"data:{mime};base64," + base64.b64encode(content).decode()
+
+
+def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    """Payloads by name: data URIs of odd, broken and extreme audio."""
+    folder = tmp_path_factory.mktemp("payloads")
+    mp3 = write_tone(folder / "t.mp3", seconds=3.0).read_bytes()
+    with_nan = tone(1.0, 44100, 1)
+    with_nan[100] = math.nan
+    with_inf = tone(1.0, 44100, 1)
+    with_inf[200] = math.inf
+    square = np.sign(np.sin(2 * np.pi * 220 * np.arange(88200) / 44100)).astype(np.float32)[:, None]
+    return {
+        "empty file": data_uri(b""),
+        "random bytes named .wav": data_uri(os.urandom(4096)),
+        "text file": data_uri(b"lyrics, not audio\n" * 40, "text/plain"),
+        "truncated mp3": data_uri(mp3[: len(mp3) // 2], "audio/mpeg"),
+        "zero-length audio": data_uri(wav_bytes(np.zeros((0, 1), np.float32), 44100)),
+        "10 ms audio": data_uri(wav_bytes(tone(0.01, 44100, 1), 44100)),
+        "10 minutes of audio": data_uri(wav_bytes(tone(600.0, 8000, 1), 8000)),
+        "11 minutes of audio": data_uri(wav_bytes(tone(660.0, 8000, 1), 8000)),
+        "8 kHz": data_uri(wav_bytes(tone(2.0, 8000, 1), 8000)),
+        "96 kHz": data_uri(wav_bytes(tone(2.0, 96000, 2), 96000)),
+        "192 kHz": data_uri(wav_bytes(tone(2.0, 192000, 1), 192000)),
+        "6 channels": data_uri(wav_bytes(tone(2.0, 48000, 6), 48000)),
+        "silence": data_uri(wav_bytes(np.zeros((88200, 1), np.float32), 44100)),
+        "full-scale square wave": data_uri(wav_bytes(square, 44100, "FLOAT")),
+        "float wav with NaN": data_uri(wav_bytes(with_nan, 44100, "FLOAT")),
+        "float wav with inf": data_uri(wav_bytes(with_inf, 44100, "FLOAT")),
+        "4 s clip": data_uri(wav_bytes(tone(4.0, 44100, 1), 44100)),
+    }
+
+
+OK, FAILED, INVALID = "a valid file", "a failed prediction naming", "422 naming"
+
+# (case, input beyond the defaults (an audio payload by name under "input_audio"), outcome, detail)
+CASES = [
+    ("empty file", {"input_audio": "empty file"}, FAILED, "input_audio"),
+    ("random bytes named .wav", {"input_audio": "random bytes named .wav"}, FAILED, "input_audio"),
+    ("a text file", {"input_audio": "text file"}, FAILED, "input_audio"),
+    ("truncated mp3", {"input_audio": "truncated mp3"}, OK, 1),
+    ("zero-length audio", {"input_audio": "zero-length audio"}, FAILED, "input_audio"),
+    ("10 ms audio as melody", {"input_audio": "10 ms audio"}, OK, 1),
+    ("10 ms audio continued", {"input_audio": "10 ms audio", "continuation": True}, OK, 1),
+    ("10 minutes of audio (the limit)", {"input_audio": "10 minutes of audio"}, OK, 1),
+    ("11 minutes of audio", {"input_audio": "11 minutes of audio"}, FAILED, "input_audio"),
+    ("8 kHz", {"input_audio": "8 kHz"}, OK, 1),
+    ("96 kHz stereo", {"input_audio": "96 kHz"}, OK, 1),
+    ("192 kHz", {"input_audio": "192 kHz", "continuation": True}, OK, 3),
+    ("6 channels", {"input_audio": "6 channels"}, OK, 1),
+    ("silence as melody, peak normalization", {"input_audio": "silence", "normalization_strategy": "peak"}, OK, 1),
+    ("silence continued", {"input_audio": "silence", "continuation": True}, OK, 3),
+    ("full-scale square wave", {"input_audio": "full-scale square wave"}, OK, 1),
+    ("float wav holding NaN", {"input_audio": "float wav with NaN"}, FAILED, "input_audio"),
+    ("float wav holding inf", {"input_audio": "float wav with inf"}, FAILED, "input_audio"),
+    ("continuation_start past the end", {"input_audio": "4 s clip", "continuation": True,
+                                         "continuation_start": 9}, FAILED, "continuation_start"),
+    ("continuation_end past the clip", {"input_audio": "4 s clip", "continuation": True,
+                                        "continuation_end": 60}, OK, 5),
+    ("duration 0", {"duration": 0}, FAILED, "duration"),
+    ("duration negative", {"duration": -5}, FAILED, "duration"),
+    ("duration past the maximum", {"duration": 301}, FAILED, "duration"),
+    ("duration as a float", {"duration": 1.5}, INVALID, "duration"),
+    ("an empty prompt", {"prompt": ""}, FAILED, "Must provide either prompt or input_audio"),
+    ("a 20,000-character prompt", {"prompt": "jazz " * 4000}, FAILED, "prompt"),
+    ("emoji and right-to-left text", {"prompt": "🎷🎶 موسيقى جاز hot jazz"}, OK, 1),
+    ("control characters", {"prompt": "jazz\x00\x07\x1b[31m\r\n\t"}, OK, 1),
+    ("top_k 0", {"top_k": 0}, OK, 1), ("top_k 1", {"top_k": 1}, OK, 1), ("top_k 2048", {"top_k": 2048}, OK, 1),
+    ("top_k 2049", {"top_k": 2049}, FAILED, "top_k"),
+    ("top_p 1.0", {"top_p": 1.0}, OK, 1), ("top_p 1.5", {"top_p": 1.5}, FAILED, "top_p"),
+    ("top_p -0.5", {"top_p": -0.5}, FAILED, "top_p"),
+    ("temperature 0", {"temperature": 0}, OK, 1), ("temperature 1e-6", {"temperature": 1e-6}, OK, 1),
+    ("temperature negative", {"temperature": -1}, FAILED, "temperature"),
+    ("guidance 0", {"classifier_free_guidance": 0}, OK, 1),
+    ("seed out of range", {"seed": 2**40}, FAILED, "seed"),
+    ("unknown output format", {"output_format": "flac"}, INVALID, "output_format"),
+]
+
+
+@pytest.mark.parametrize("case, overrides, outcome, detail", CASES, ids=[c[0] for c in CASES])
+def test_bad_and_edge_inputs(server, audio, case, overrides, outcome, detail):
+    request_input = {"prompt": "jazz", "duration": 1, "seed": 7, **overrides}
+    if "input_audio" in request_input:
+        request_input["input_audio"] = audio[request_input["input_audio"]]
+    started = time.monotonic()
+    response = server.predict(input=request_input, timeout=REQUEST_LIMIT)
+    assert response.status_code != 500 and time.monotonic() - started < REQUEST_LIMIT
+    body = response.json()
+    if outcome == INVALID:
+        assert response.status_code == 422 and body["detail"][0]["loc"] == ["body", "input", detail]
+        return
+    assert response.status_code == 200
+    if outcome == FAILED:
+        assert body["status"] == "failed" and detail in body["error"], body
+        assert "Traceback" not in body["error"]
+        return
+    assert body["status"] == "succeeded", body.get("error")
+    samples, rate = soundfile.read(io.BytesIO(base64.b64decode(body["output"].split(",", 1)[1])))
+    assert rate == SAMPLE_RATE and np.isfinite(samples).all()
+    assert abs(len(samples) - detail * SAMPLE_RATE) <= SAMPLE_RATE // 50
+
+
+# --- property-based fuzz of the API from its own schema ----------------------------------------
+
+def test_fuzz_the_api_from_its_own_schema(server, capsys):
+    """schemathesis generates requests from /openapi.json; no 5xx, every response conforms."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    tone_uri = data_uri(wav_bytes(tone(1.0, 16000, 1), 16000))
+    cases: list[tuple[str, str, int]] = []
+
+    def bound(case) -> None:
+        """Keep valid cases quick and every URI local: a generated URL must never leave this machine."""
+        generated = case.body.get("input") if isinstance(case.body, dict) else None
+        if isinstance(generated, dict):
+            if isinstance(generated.get("duration"), int) and 1 <= generated["duration"] <= 300:
+                generated["duration"] = min(generated["duration"], 2)
+            if generated.get("input_audio") is not None:
+                generated["input_audio"] = tone_uri
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def run_case(case):
+            bound(case)
+            server.wait_for("READY", timeout=REQUEST_LIMIT)
+            response = case.call_and_validate(
+                base_url=server.url, timeout=REQUEST_LIMIT,
+                checks=[not_a_server_error, response_schema_conformance, content_type_conformance])
+            cases.append((case.method, case.path, response.status_code))
+        run_case()
+    with capsys.disabled():
+        by_status: dict[int, int] = {}
+        for _, _, status in cases:
+            by_status[status] = by_status.get(status, 0) + 1
+        print(f"\nfuzz: {len(cases)} cases over {len({(m, p) for m, p, _ in cases})} operations; "
+              f"responses by status {dict(sorted(by_status.items()))}")
+    assert len(cases) >= 150 and all(status < 500 for _, _, status in cases)
+
+
+# --- soak ----------------------------------------------------------------------------------------
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB, from /proc."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, StopIteration, ProcessLookupError):
+            continue
+    return total / 1024
+
+
+SOAK_MIX = [{"output_format": "mp3"}, {"input_audio": "4 s clip"}, {"input_audio": "4 s clip", "continuation": True},
+            {"multi_band_diffusion": True}, {"normalization_strategy": "peak"}, {"normalization_strategy": "rms"},
+            {"top_p": 0.9}, {"temperature": 0}, {"top_k": 2049}, {}]
+
+
+def test_soak_200_predictions_memory_and_files_stay_bounded(server, audio, capsys):
+    folder = server.log_path.parent
+    rss = {}
+    for i in range(200):
+        overrides = dict(SOAK_MIX[i % len(SOAK_MIX)])
+        if "input_audio" in overrides:
+            overrides["input_audio"] = audio[overrides["input_audio"]]
+        body = server.predict(input={"prompt": f"soak {i}", "duration": 1, "seed": i, **overrides},
+                              timeout=REQUEST_LIMIT).json()
+        assert body["status"] == ("failed" if overrides.get("top_k") == 2049 else "succeeded"), body
+        if (i + 1) % 50 == 0:  # 50: every kind of request has run five times
+            rss[i + 1] = tree_rss_mb(server.process.pid)
+    outputs = list((folder / "outputs").iterdir())
+    leftovers = [p for p in (folder / "tmp").rglob("*") if p.is_file()]
+    with capsys.disabled():
+        print(f"\nsoak: RSS after 50/100/150/200 predictions {[round(v) for v in rss.values()]} MB "
+              f"(+{rss[200] - rss[50]:.0f} MB); output folder {len(outputs)} file(s); temp files left {len(leftovers)}")
+    assert rss[200] - rss[50] < 100  # documented bound (README): allocator noise is ~60 MB; 1 MB/request would fail
+    assert len(outputs) <= 1 and leftovers == []
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+def test_twenty_cancellations_each_followed_by_a_good_prediction(server):
+    for i in range(20):
+        prediction_id = f"cancel-{i}"
+        assert server.predict(headers={"Prefer": "respond-async"}, id=prediction_id,
+                              input={"prompt": "x", "duration": 120}).status_code == 202
+        server.wait_for("BUSY", timeout=10)
+        time.sleep(0.3)
+        started = time.monotonic()
+        requests.post(f"{server.url}/predictions/{prediction_id}/cancel", timeout=10)
+        server.wait_for("READY", timeout=10)
+        assert time.monotonic() - started < 2.0
+        assert server.predict(input={"prompt": "x", "duration": 1}).json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("receiver_state", ["down", "slow"])
+def test_a_webhook_receiver_down_or_slow_does_not_stall_predictions(server, receiver_state):
+    if receiver_state == "down":
+        probe = Receiver()
+        url = probe.url
+        probe.close()  # nothing listens there any more
+    else:
+        slow = Receiver(delay=5.0)
+        url = slow.url
+    try:
+        started = time.monotonic()
+        assert server.predict(headers={"Prefer": "respond-async"}, input={"prompt": "x", "duration": 1},
+                              webhook=f"{url}/hook").status_code == 202
+        server.wait_for("READY", timeout=30)
+        body = server.predict(input={"prompt": "x", "duration": 1}).json()
+        assert body["status"] == "succeeded" and time.monotonic() - started < 15
+    finally:
+        if receiver_state == "slow":
+            slow.close()
+
+
+class BadWeightsServer:
+    """Serves COG_WEIGHTS badly: a 404, a 500, or a connection dropped mid-file."""
+
+    def __init__(self, mode: str):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if mode in ("404", "500"):
+                    self.send_response(int(mode))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                self.wfile.write(b"PK" + b"\0" * 1000)
+                self.connection.shutdown(2)
+
+            def log_message(self, *args):
+                pass
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/trained_model.tar?token=secret"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def setup_failure_logs(weights_dir: Path, cog_weights: str, log_path: Path) -> str:
+    server = CogServer(weights_dir, log_path, env={"COG_WEIGHTS": cog_weights})
+    try:
+        deadline = time.monotonic() + 120
+        while server.health()["status"] not in ("SETUP_FAILED", "READY") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        health = server.health()
+        assert health["status"] == "SETUP_FAILED"
+        return health["setup"]["logs"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("mode, expected", [("404", "answered HTTP 404"), ("500", "answered HTTP 500"),
+                                            ("drop", "failed: ChunkedEncodingError")])
+def test_a_bad_cog_weights_url_fails_setup_clearly(tiny_weights, schema_file, tmp_path, mode, expected):
+    bad = BadWeightsServer(mode)
+    try:
+        logs = setup_failure_logs(tiny_weights, bad.url, tmp_path / "server.log")
+    finally:
+        bad.close()
+    assert "could not download COG_WEIGHTS from" in logs and expected in logs
+    assert "token=secret" not in logs
+    assert not finetune_cache_path(tiny_weights, bad.url).exists()  # nothing half-fetched is cached
+
+
+def test_a_corrupt_checkpoint_fails_setup_clearly(tiny_weights, schema_file, tmp_path):
+    corrupt = tmp_path / "trained_model.tar"
+    corrupt.write_bytes((tiny_weights / "trained_model.tar").read_bytes()[:100_000])
+    logs = setup_failure_logs(tiny_weights, str(corrupt), tmp_path / "server.log")
+    assert f"{corrupt} is not a readable PyTorch checkpoint" in logs
+
+
+# --- security ------------------------------------------------------------------------------------
+
+def test_external_tools_run_without_a_shell(run, tmp_path, monkeypatch):
+    calls = []
+    real_popen = subprocess.Popen
+
+    def spy(args, *rest, **kwargs):
+        calls.append((args, kwargs.get("shell", False)))
+        return real_popen(args, *rest, **kwargs)
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    run(output_format="mp3", input_audio=write_tone(tmp_path / "m.wav"))
+    assert calls, "the mp3 encode should have run ffmpeg"
+    assert all(isinstance(args, list) and shell is False for args, shell in calls)
+
+
+def test_input_file_names_cannot_steer_where_anything_is_written(run, predictor, tmp_path):
+    nasty = tmp_path / "..%2F..%2Fetc; $(touch pwned) `id` name.wav"
+    write_tone(nasty)
+    before = set(tmp_path.rglob("*"))
+    out = run(input_audio=nasty, continuation=True)
+    assert out.parent == predictor.outputs.path and out.name.startswith("musicgen-seed1-")
+    created = set(tmp_path.rglob("*")) - before
+    assert created <= {out, out.parent} and not any(p.name == "pwned" for p in tmp_path.parent.rglob("pwned"))
+
+
+def test_an_input_url_with_a_traversal_path_lands_only_in_temp_and_output(server, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    write_tone(site / "song.wav")
+
+    class AnyPathServesTheSong(http.server.SimpleHTTPRequestHandler):
+        def translate_path(self, path):
+            return str(site / "song.wav")
+
+        def log_message(self, *args):
+            pass
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AnyPathServesTheSong)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/..%2F..%2F..%2Ftmp%2Fescaped.wav"
+        body = server.predict(input={"prompt": "x", "duration": 1, "input_audio": url}).json()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert body["status"] == "succeeded", body.get("error")
+    assert not Path("/tmp/escaped.wav").exists()
+    assert [p.name for p in (server.log_path.parent / "outputs").iterdir()][0].startswith("musicgen-seed")
