@@ -43,8 +43,9 @@ demo: setup  ## fresh machine, no weights: tiny random weights, then one predict
 	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.random_weights $(TINY_WEIGHTS_DIR)
 	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.cli -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
 
-bench: setup  ## benchmarks (figures go in docs/benchmarks.md): cold-boot setup vs raw read, full-size weights
+bench: setup  ## benchmarks (figures go in docs/benchmarks.md): cold boot, then decoding speed (last line: speedup)
 	$(PY) -m bench.setup_time
+	$(PY) -m bench.decode_speed
 
 schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
 	$(PY) -m musicgen_cog.openapi_schema

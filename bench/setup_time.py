@@ -5,7 +5,7 @@ trainer saves it) in the real layout, beside tiny base assets. Before each measu
 files are evicted from the page cache (posix_fadvise DONTNEED), so both are cold reads.
 Prints `setup <S>s, raw read <R>s` and their ratio.
 
-    python -m bench.setup_time [WEIGHTS_DIR]   (default .cache/bench-weights-full)
+    python -m bench.setup_time [WEIGHTS_DIR]   (default .cache/bench-weights-full-<generator version>)
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from musicgen_cog import environment
+from musicgen_cog import environment, random_weights
 
 ROOT = environment.REPO_ROOT
 CHUNK = 64 << 20
@@ -47,7 +47,7 @@ def raw_read_seconds(files: list[Path]) -> float:
 
 
 def ensure_weights(root: Path) -> None:
-    from musicgen_cog import assets, random_weights
+    from musicgen_cog import assets
     if (root / assets.FINETUNE_FILENAME).is_file():
         return
     print(f"writing full-size random weights to {root} (once; ~6 GB)", flush=True)
@@ -56,7 +56,8 @@ def ensure_weights(root: Path) -> None:
 
 
 def main() -> None:
-    root = environment.configure(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / ".cache" / "bench-weights-full")
+    default = ROOT / ".cache" / f"bench-weights-full-{random_weights.generator_version()}"
+    root = environment.configure(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
     ensure_weights(root)
     import torch
     from musicgen_cog.loading import load_model

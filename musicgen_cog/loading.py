@@ -24,6 +24,7 @@ from transformers.initialization import no_init_weights
 
 from . import assets
 from .checkpoints import CheckpointError, load_checkpoint
+from .fast_decode import StaticCacheDecoder, install_fast_decoder
 from .inputs import ModelLimits
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class LoadedModel:
     musicgen: MusicGen
     source: Path
     weights_root: Path
+    decoder: StaticCacheDecoder | None = None  # None: audiocraft's own decoding loop
     _mbd: MultiBandDiffusion | None = None
     _mbd_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -101,7 +103,9 @@ def load_model(root: Path, finetune: Path | None = None, device: str | None = No
         codec = _load_folder_compression(root, source / "compression_state_dict.bin", device)
     else:
         codec = _load_pretrained_compression(root, cfg.get("compression_model_checkpoint"), device)
-    return LoadedModel(MusicGen(source.name, codec, lm), source, root)
+    musicgen = MusicGen(source.name, codec, lm)
+    window_steps = int(musicgen.max_duration * musicgen.frame_rate) + lm.num_codebooks + 1
+    return LoadedModel(musicgen, source, root, decoder=install_fast_decoder(lm, window_steps))
 
 
 def _inference_config(raw: object, device: str) -> DictConfig:

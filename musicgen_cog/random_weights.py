@@ -53,7 +53,7 @@ def lm_config(size: LMSize, stereo: bool = False, melody: bool = True) -> dict:
             "dim": size.dim, "num_heads": size.num_heads, "num_layers": size.num_layers, "hidden_scale": 4,
             "n_q": n_q, "card": 2048, "dropout": 0.0, "emb_lr": None, "activation": "gelu", "norm_first": True,
             "bias_ff": False, "bias_attn": False, "bias_proj": False, "past_context": None, "causal": True,
-            "custom": False, "memory_efficient": False, "attention_as_float32": False, "layer_scale": None,
+            "custom": False, "memory_efficient": True, "attention_as_float32": False, "layer_scale": None,
             "positional_embedding": "sin", "xpos": False, "checkpointing": "none", "weight_init": "gaussian",
             "depthwise_init": "current", "zero_bias_init": True, "norm": "layer_norm", "cross_attention": False,
             "qk_layer_norm": False, "qk_layer_norm_cross": False, "attention_dropout": None, "kv_repeat": 1,
@@ -72,6 +72,11 @@ def lm_config(size: LMSize, stereo: bool = False, melody: bool = True) -> dict:
                                                   "normalize_text": False}},
         },
     }
+
+
+def generator_version() -> str:
+    """A short hash of this file: folders of random weights are cached under it and rebuilt when it changes."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def write_weights_folder(root: Path, size: str = "tiny", finetune: bool = True) -> Path:

@@ -5,7 +5,6 @@ exactly as predict.py does, so every test goes through the real offline loading 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -19,8 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from musicgen_cog import environment, random_weights  # noqa: E402
 
-_GENERATOR_HASH = hashlib.sha256(Path(random_weights.__file__).read_bytes()).hexdigest()[:12]
-TINY_WEIGHTS = ROOT / ".cache" / f"tiny-weights-{_GENERATOR_HASH}"
+TINY_WEIGHTS = ROOT / ".cache" / f"tiny-weights-{random_weights.generator_version()}"
 environment.configure(TINY_WEIGHTS)
 
 from musicgen_cog.audio_output import OutputFolder  # noqa: E402
