@@ -99,7 +99,7 @@ class StaticCacheDecoder:
                 or self.caches[0][0].dtype != first.dtype or self.caches[0][0].device != first.device:
             self.caches = [(first.new_zeros(batch, heads, length, head_dim),
                             first.new_zeros(batch, heads, length, head_dim)) for _ in layers]
-        for layer, (keys, values) in zip(layers, self.caches):
+        for layer, (keys, values) in zip(layers, self.caches, strict=True):
             state = layer.self_attn._streaming_state
             keys[:, :, :prefix] = state["past_keys"]
             values[:, :, :prefix] = state["past_values"]
@@ -142,7 +142,7 @@ class StaticCacheDecoder:
         if static:
             index = position.view(1)
             mask = (torch.arange(self.caches[0][0].shape[2], device=x.device) <= position).view(1, 1, 1, -1)
-        for layer, (keys, values) in zip(transformer.layers, self.caches):
+        for layer, (keys, values) in zip(transformer.layers, self.caches, strict=True):
             attn = layer.self_attn
             projected = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
             q, k, v = projected.view(x.shape[0], 1, 3, attn.num_heads, -1).permute(0, 3, 2, 1, 4).unbind(dim=2)

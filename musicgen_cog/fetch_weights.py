@@ -15,6 +15,7 @@ that torch-hub puts in its file name.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import re
@@ -62,7 +63,8 @@ def fetch_hub_asset(root: Path, asset: assets.HubAsset, lock: dict, endpoint: st
         blob = assets.hub_repo_dir(root, asset) / "blobs" / meta.etag
         expected = files.get(filename)
         if not blob.is_file():
-            download(meta.location, blob, lambda path: _blob_problem(path, meta.etag, expected), meta.size)
+            download(meta.location, blob, functools.partial(_blob_problem, address=meta.etag, locked_sha256=expected),
+                     meta.size)
         files[filename] = sha256_of(blob)
         assets.add_to_snapshot(root, asset, commit, filename, blob)
         print(f"ok  {asset.repo_id}/{filename} @ {commit[:12]}")

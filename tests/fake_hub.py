@@ -11,7 +11,7 @@ import http.server
 import threading
 from pathlib import Path
 
-from musicgen_cog import assets, environment
+from musicgen_cog import assets
 
 LFS_THRESHOLD = 10_000  # the hub stores big files in LFS (sha256 ETag), small ones in git (sha1 ETag)
 

@@ -8,7 +8,7 @@ from musicgen_cog.fast_decode import DECODER_ENV, install_fast_decoder, unsuppor
 from musicgen_cog.loading import load_model
 from musicgen_cog.random_weights import write_finetune
 from musicgen_cog.seeding import seed_everything
-from tests.helpers import DEFAULTS, tone
+from tests.helpers import tone
 
 SAMPLING = {"top_k": {"top_k": 250}, "top_p": {"top_p": 0.9}, "argmax": {"temperature": 0.0},
             "plain": {"top_k": 0}}

@@ -234,7 +234,7 @@ def test_upload_url_puts_each_file_under_a_unique_name(tiny_weights, schema_file
                    for _ in range(2)]
         puts = [(path, body) for method, path, body in receiver.received if method == "PUT"]
         assert len(puts) == 2 and puts[0][0] != puts[1][0]
-        for output, (path, body) in zip(outputs, puts):
+        for output, (path, body) in zip(outputs, puts, strict=True):
             assert path.startswith("/upload/musicgen-seed5-") and path.endswith(".wav")
             assert output.startswith(f"{receiver.url}{path}")
             assert soundfile.read(io.BytesIO(body))[0].shape == (SAMPLE_RATE,)

@@ -1,6 +1,5 @@
 """Loading MusicGen from both checkpoint formats and the base assets, offline, with clear failures."""
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -146,7 +145,7 @@ def test_skipping_random_init_gives_exactly_the_checkpoints_model(tiny_weights):
     reference.load_state_dict(torch.load(tiny_weights / "trained_model.tar", weights_only=False)["model"])
     reference.eval()
     assert {k: v.shape for k, v in fast.named_buffers()} == {k: v.shape for k, v in reference.named_buffers()}
-    for (name, a), (_, b) in zip(fast.named_buffers(), reference.named_buffers()):
+    for (name, a), (_, b) in zip(fast.named_buffers(), reference.named_buffers(), strict=True):
         assert torch.equal(a, b), name
     attributes, _ = musicgen._prepare_tokens_and_attributes(["calm piano"], None)
     codes = torch.randint(0, 2048, (1, 4, 20))

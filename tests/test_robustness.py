@@ -21,7 +21,7 @@ import soundfile
 
 from musicgen_cog.weights_source import finetune_cache_path
 from tests.cog_server import CogServer, Receiver
-from tests.helpers import DEFAULTS, SAMPLE_RATE, tone, write_tone
+from tests.helpers import SAMPLE_RATE, tone, write_tone
 
 REQUEST_LIMIT = 120  # seconds any single request may take before it counts as a hang
 
