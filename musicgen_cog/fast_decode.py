@@ -167,6 +167,8 @@ class CudaGraphStep:
 
     Capturing runs the step at the current position (warm-up and capture write that position's
     keys/values, which the real step rewrites), so it is built right before the step it serves.
+    Autocast is off while capturing: its cache of cast weights must not be baked into a graph
+    (the LM's weights are already fp16 on a GPU).
     """
 
     def __init__(self, decoder: StaticCacheDecoder, sequence: torch.Tensor):
@@ -174,13 +176,14 @@ class CudaGraphStep:
         self.position = torch.tensor(decoder.position - 1, device=sequence.device)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                decoder._forward(self.tokens, self.position)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = decoder._forward(self.tokens, self.position)
+        with torch.autocast(device_type="cuda", enabled=False):
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    decoder._forward(self.tokens, self.position)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = decoder._forward(self.tokens, self.position)
 
     def run(self, sequence: torch.Tensor, position: int) -> torch.Tensor:
         self.tokens.copy_(sequence)
