@@ -59,4 +59,5 @@ lock:  ## re-resolve the stack into requirements.txt (review the diff before com
 	/tmp/musicgen-lock/bin/pip install -q torch==2.11.0 torchaudio==2.11.0 av einops flashy omegaconf hydra-core \
 	  julius num2words numpy sentencepiece spacy huggingface_hub tqdm transformers xformers demucs librosa \
 	  torchmetrics soundfile pydub pyloudnorm cog requests
-	{ sed -n '1,3p' requirements.txt; /tmp/musicgen-lock/bin/pip freeze; } > requirements.txt
+	{ sed -n '1,3p' requirements.txt; /tmp/musicgen-lock/bin/pip freeze; } > requirements.txt.new
+	mv requirements.txt.new requirements.txt
