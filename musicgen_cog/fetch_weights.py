@@ -36,12 +36,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def matches_content_address(path: Path, address: str) -> bool:
-    """The hub names LFS blobs by sha256 and git-stored ones by their git blob sha1."""
-    if re.fullmatch(r"[0-9a-f]{64}", address):
-        return sha256_of(path) == address
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == address
+def is_sha256(address: str) -> bool:
+    """The hub names LFS blobs by their sha256, git-stored (small) ones by their git blob sha1."""
+    return re.fullmatch(r"[0-9a-f]{64}", address) is not None
+
+
+def content_problem(path: Path, address: str, locked_sha256: str | None) -> str | None:
+    """What is wrong with a download, checked against the hub's content address and the lock (one hash pass)."""
+    sha256 = sha256_of(path)
+    if is_sha256(address):
+        matches = sha256 == address
+    else:
+        data = path.read_bytes()
+        matches = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == address
+    if not matches:
+        return f"the hub's content address is {address}"
+    if locked_sha256 is not None and sha256 != locked_sha256:
+        return f"the lock expects sha256 {locked_sha256}"
+    return None
 
 
 def fetch_hub_asset(root: Path, asset: assets.HubAsset, lock: dict, endpoint: str | None) -> None:
@@ -63,20 +75,13 @@ def fetch_hub_asset(root: Path, asset: assets.HubAsset, lock: dict, endpoint: st
         blob = assets.hub_repo_dir(root, asset) / "blobs" / meta.etag
         expected = files.get(filename)
         if not blob.is_file():
-            download(meta.location, blob, functools.partial(_blob_problem, address=meta.etag, locked_sha256=expected),
+            download(meta.location, blob, functools.partial(content_problem, address=meta.etag, locked_sha256=expected),
                      meta.size)
-        files[filename] = sha256_of(blob)
+        # a verified LFS blob is named by its sha256: hash again only the small git-stored files
+        files[filename] = expected or (meta.etag if is_sha256(meta.etag) else sha256_of(blob))
         assets.add_to_snapshot(root, asset, commit, filename, blob)
         print(f"ok  {asset.repo_id}/{filename} @ {commit[:12]}")
     lock[asset.repo_id] = {"revision": commit, "files": files}
-
-
-def _blob_problem(path: Path, address: str, locked_sha256: str | None) -> str | None:
-    if not matches_content_address(path, address):
-        return f"the hub's content address is {address}"
-    if locked_sha256 is not None and sha256_of(path) != locked_sha256:
-        return f"the lock expects sha256 {locked_sha256}"
-    return None
 
 
 def fetch_htdemucs(root: Path, url: str, sha256_prefix: str) -> None:
