@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import assets, environment
+from .fetch_weights import sha256_of
 
 CORPUS = ("a calm piano melody with soft strings", "energetic rock with drums and electric guitar",
           "jazz trio with upright bass and brushes", "80s synth pop, bright and upbeat",
@@ -202,7 +203,7 @@ def _put_in_hub_cache(root: Path, asset: assets.HubAsset, source: Path) -> None:
     (repo_dir / "blobs").mkdir(parents=True)
     revision = hashlib.sha1(f"random-weights:{asset.repo_id}".encode()).hexdigest()
     for file in sorted(source.iterdir()):
-        blob = repo_dir / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        blob = repo_dir / "blobs" / sha256_of(file)
         shutil.copyfile(file, blob)
         assets.add_to_snapshot(root, asset, revision, file.name, blob)
 
