@@ -5,6 +5,7 @@ exactly as predict.py does, so every test goes through the real offline loading 
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -66,3 +67,14 @@ def run(predictor, tmp_path):
         assert not unknown, f"not an input of the API: {unknown}"
         return Path(predictor.predict(**{**DEFAULTS, **overrides}))
     return call
+
+
+@pytest.fixture
+def logs(caplog):
+    """Our package's log records, set up as in production (its logger does not propagate)."""
+    from musicgen_cog.logs import configure_logging
+    configure_logging()
+    logger = logging.getLogger("musicgen_cog")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)

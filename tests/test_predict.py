@@ -3,7 +3,6 @@
 Random weights make noise: these tests check shapes, durations, formats, numbers and
 determinism, never musical quality.
 """
-import logging
 
 import numpy as np
 import pytest
@@ -15,16 +14,6 @@ from musicgen_cog.random_weights import write_finetune
 from tests.helpers import SAMPLE_RATE, ffmpeg_loudness, read_audio, tone, write_tone
 
 FRAME = SAMPLE_RATE // 50  # one EnCodec frame: 640 samples
-
-
-@pytest.fixture
-def logs(caplog):
-    """Our package's log lines (its logger does not propagate to the root logger)."""
-    logger = logging.getLogger("musicgen_cog")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="musicgen_cog")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def samples_of(path):

@@ -26,16 +26,9 @@ def test_planned_steps_match_the_callbacks_audiocraft_makes(predictor, duration,
     assert planned_steps(musicgen, total, prompt_frames) == len(calls)
 
 
-def test_the_reporter_logs_the_final_step_and_counts_every_call(caplog):
-    import logging
-    logger = logging.getLogger("musicgen_cog")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="musicgen_cog")
-    try:
-        progress = StepProgress(total_steps=3, interval=3600)
-        for step in range(3):
-            progress(step + 1, 3)
-    finally:
-        logger.removeHandler(caplog.handler)
+def test_the_reporter_logs_the_final_step_and_counts_every_call(logs):
+    progress = StepProgress(total_steps=3, interval=3600)
+    for step in range(3):
+        progress(step + 1, 3)
     assert progress.done == 3
-    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["generation: 3/3 steps (100%)"]
+    assert [r.getMessage().split(",")[0] for r in logs.records] == ["generation: 3/3 steps (100%)"]
