@@ -7,8 +7,9 @@ its keys and values are copied into a cache allocated once, and every later step
 function over that cache, the CFG pair in one batch, with audiocraft's own modules, sampling
 functions and RNG. Patterns, prompts, windows and melody looping stay audiocraft's.
 
-With `static_shapes` every step has the same shapes (attention over the whole cache, masked
-by position), which is what a CUDA graph captures once and replays.
+With `static_shapes` the step attends to a fixed-length window of the cache (the filled part
+rounded up to a bucket of KV_BUCKET positions, masked by position), so each bucket has fixed
+shapes: on a GPU one CUDA graph per bucket is captured once and replayed at every step.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from audiocraft.utils import utils
 
 log = logging.getLogger(__name__)
 DECODER_ENV = "MUSICGEN_DECODER"  # "fast" (default) or "audiocraft"
+# Fixed-shape steps attend to whole buckets of the cache: smaller buckets read fewer unused
+# keys/values per step, larger ones need fewer graphs (a 30 s window spans 7 of 256).
+KV_BUCKET = 256
 
 
 def unsupported_reason(lm: LMModel) -> str | None:
@@ -47,14 +51,15 @@ def unsupported_reason(lm: LMModel) -> str | None:
 class StaticCacheDecoder:
     """Installs itself as `lm._sample_next_token`; one instance per loaded LM."""
 
-    def __init__(self, lm: LMModel, max_steps: int, static_shapes: bool = False):
+    def __init__(self, lm: LMModel, max_steps: int, static_shapes: bool = False, graphs: bool = False):
         self.lm = lm
         self.audiocraft_step = lm._sample_next_token
         self.max_steps = max_steps  # decoding steps one `generate` call can take (one window)
         self.static_shapes = static_shapes
+        self.graphs_enabled = graphs  # replay captured steps (CUDA); turned off for good if a capture fails
+        self.graphs: dict[tuple, CudaGraphStep] = {}  # by (token shape, attended length); valid for these caches
         self.caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.position = 0
-        self.fast_call = False
 
     def install(self) -> None:
         self.lm._sample_next_token = self._sample_next_token
@@ -94,9 +99,10 @@ class StaticCacheDecoder:
         layers = self.lm.transformer.layers
         first = layers[0].self_attn._streaming_state["past_keys"]  # [B, H, T, D]
         batch, heads, prefix, head_dim = first.shape
-        length = prefix + self.max_steps
+        length = -(-(prefix + self.max_steps) // KV_BUCKET) * KV_BUCKET  # whole buckets
         if not self.caches or self.caches[0][0].shape[0] != batch or self.caches[0][0].shape[2] < length \
                 or self.caches[0][0].dtype != first.dtype or self.caches[0][0].device != first.device:
+            self.graphs.clear()  # captured against the old caches' memory
             self.caches = [(first.new_zeros(batch, heads, length, head_dim),
                             first.new_zeros(batch, heads, length, head_dim)) for _ in layers]
         for layer, (keys, values) in zip(layers, self.caches, strict=True):
@@ -114,25 +120,32 @@ class StaticCacheDecoder:
         self.position += 1
         if not self.static_shapes:
             return self._forward(sequence, position)
-        graph = self._graphed(sequence) if sequence.is_cuda else None
+        length = self.attended_length(position)
+        graph = self._graph(sequence, length) if self.graphs_enabled else None
         if graph is not None:
             return graph.run(sequence, position)
-        return self._forward(sequence, torch.tensor(position, device=sequence.device))
+        return self._forward(sequence, torch.tensor(position, device=sequence.device), length)
 
-    def _graphed(self, sequence: torch.Tensor) -> "CudaGraphStep | None":
-        key = (sequence.shape, self.caches[0][0].data_ptr())
-        if getattr(self, "_graph_key", None) != key:
+    def attended_length(self, position: int) -> int:
+        """Cache positions a fixed-shape step at `position` attends to: whole buckets up to it."""
+        return min(self.caches[0][0].shape[2], (position // KV_BUCKET + 1) * KV_BUCKET)
+
+    def _graph(self, sequence: torch.Tensor, length: int) -> "CudaGraphStep | None":
+        key = (tuple(sequence.shape), length)
+        if key not in self.graphs:
             try:
-                self._graph, self._graph_key = CudaGraphStep(self, sequence), key
+                self.graphs[key] = CudaGraphStep(self, sequence, length)
             except RuntimeError as exc:  # a driver or kernel that cannot be captured: stay correct, run eagerly
-                log.warning("CUDA graph capture failed (%s); decoding without graphs", exc)
-                self._graph, self._graph_key = None, key
-        return self._graph
+                log.warning("CUDA graph capture failed (%s); decoding without graphs from now on", exc)
+                self.graphs_enabled = False
+                return None
+        return self.graphs[key]
 
     @torch.no_grad()
-    def _forward(self, sequence: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+    def _forward(self, sequence: torch.Tensor, position: int | torch.Tensor, length: int = 0) -> torch.Tensor:
         """One step. An int position attends to the filled part of the cache (exactly audiocraft's
-        numbers); a tensor position attends to all of it under a mask, with fixed shapes (graphable)."""
+        numbers); a tensor position attends to the first `length` positions under a mask, with
+        shapes that do not depend on the position (graphable)."""
         lm, transformer = self.lm, self.lm.transformer
         static = isinstance(position, torch.Tensor)
         x = sum([lm.emb[k](sequence[:, k]) for k in range(lm.num_codebooks)])
@@ -141,7 +154,7 @@ class StaticCacheDecoder:
             positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype)
         if static:
             index = position.view(1)
-            mask = (torch.arange(self.caches[0][0].shape[2], device=x.device) <= position).view(1, 1, 1, -1)
+            mask = (torch.arange(length, device=x.device) <= position).view(1, 1, 1, -1)
         for layer, (keys, values) in zip(transformer.layers, self.caches, strict=True):
             attn = layer.self_attn
             projected = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
@@ -149,7 +162,8 @@ class StaticCacheDecoder:
             if static:
                 keys.index_copy_(2, index, k.to(keys.dtype))
                 values.index_copy_(2, index, v.to(values.dtype))
-                y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
+                y = F.scaled_dot_product_attention(q, keys[:, :, :length].to(q.dtype), values[:, :, :length].to(q.dtype),
+                                                   attn_mask=mask)
             else:
                 keys[:, :, position] = k[:, :, 0]
                 values[:, :, position] = v[:, :, 0]
@@ -163,32 +177,42 @@ class StaticCacheDecoder:
 
 
 class CudaGraphStep:
-    """The fixed-shape step captured once in a CUDA graph, then replayed: one launch per step.
+    """The fixed-shape step for one attended length, captured once in a CUDA graph, then replayed.
 
-    Capturing runs the step at the current position (warm-up and capture write that position's
+    Capture runs the step at the current position (warm-up and capture write that position's
     keys/values, which the real step rewrites), so it is built right before the step it serves.
-    Autocast is off while capturing: its cache of cast weights must not be baked into a graph
-    (the LM's weights are already fp16 on a GPU).
+    It runs under the caller's autocast (audiocraft keeps the embeddings and output layers in
+    fp32 and relies on it) with autocast's weight-cast cache off: a cached cast is freed when
+    the caller's autocast exits, and a graph that captured it would read freed memory.
     """
 
-    def __init__(self, decoder: StaticCacheDecoder, sequence: torch.Tensor):
+    def __init__(self, decoder: StaticCacheDecoder, sequence: torch.Tensor, length: int):
         self.tokens = sequence.clone()
         self.position = torch.tensor(decoder.position - 1, device=sequence.device)
+        self.length = length
+        device = sequence.device.type
+        with torch.autocast(device, dtype=torch.get_autocast_dtype(device),
+                            enabled=torch.is_autocast_enabled(device), cache_enabled=False):
+            self.logits = self._capture(lambda: decoder._forward(self.tokens, self.position, length))
+
+    def _capture(self, step: tp.Callable[[], torch.Tensor]) -> torch.Tensor:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.autocast(device_type="cuda", enabled=False):
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    decoder._forward(self.tokens, self.position)
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = decoder._forward(self.tokens, self.position)
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            return step()
+
+    def replay(self) -> None:
+        self.graph.replay()
 
     def run(self, sequence: torch.Tensor, position: int) -> torch.Tensor:
         self.tokens.copy_(sequence)
         self.position.fill_(position)
-        self.graph.replay()
+        self.replay()
         return self.logits
 
 
@@ -203,6 +227,7 @@ def install_fast_decoder(lm: LMModel, max_steps: int) -> StaticCacheDecoder | No
         return None
     # On a GPU, fixed shapes let each step be one CUDA graph replay; on a CPU, the sliced
     # attention reproduces audiocraft's numbers exactly and launch overhead matters little.
-    decoder = StaticCacheDecoder(lm, max_steps, static_shapes=next(lm.parameters()).is_cuda)
+    cuda = next(lm.parameters()).is_cuda
+    decoder = StaticCacheDecoder(lm, max_steps, static_shapes=cuda, graphs=cuda)
     decoder.install()
     return decoder
