@@ -42,6 +42,6 @@ def resolve_finetune(weights: str | None, root: Path) -> Path | None:
     try:
         download(weights, cached)
     except DownloadError as exc:
-        raise CheckpointError(f"could not download COG_WEIGHTS from {redact(weights)}: {exc}") from exc
+        raise CheckpointError(f"could not download COG_WEIGHTS: {exc}") from exc  # exc names the URL, redacted
     log.info("fine-tune weights saved to %s", cached)
     return cached
