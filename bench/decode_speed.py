@@ -55,7 +55,7 @@ def main() -> None:
     lm = builders.get_lm_model(cfg).eval()
     lm.cfg = cfg
     musicgen = MusicGen("bench", codec, lm)
-    decoder = install_fast_decoder(lm, int(musicgen.max_duration * musicgen.frame_rate) + lm.num_codebooks + 1)
+    decoder = install_fast_decoder(musicgen)
     assert decoder is not None, "the bench LM should be decodable by the fast loop"
     musicgen.set_generation_params(duration=seconds)
     attributes, _ = musicgen._prepare_tokens_and_attributes(["lofi hip hop beat"], None)

@@ -23,6 +23,9 @@ from audiocraft.models.lm import LMModel
 from audiocraft.modules.transformer import create_sin_embedding
 from audiocraft.utils import utils
 
+if tp.TYPE_CHECKING:
+    from audiocraft.models import MusicGen
+
 log = logging.getLogger(__name__)
 DECODER_ENV = "MUSICGEN_DECODER"  # "fast" (default) or "audiocraft"
 # Fixed-shape steps attend to whole buckets of the cache: smaller buckets read fewer unused
@@ -216,8 +219,9 @@ class CudaGraphStep:
         return self.logits
 
 
-def install_fast_decoder(lm: LMModel, max_steps: int) -> StaticCacheDecoder | None:
-    """Use the static-cache step for `lm` unless `MUSICGEN_DECODER=audiocraft` or the LM cannot."""
+def install_fast_decoder(musicgen: "MusicGen") -> StaticCacheDecoder | None:
+    """Use the static-cache step for `musicgen`'s LM unless `MUSICGEN_DECODER=audiocraft` or it cannot."""
+    lm = musicgen.lm
     choice = os.environ.get(DECODER_ENV, "fast")
     if choice not in ("fast", "audiocraft"):
         raise ValueError(f"{DECODER_ENV} must be 'fast' or 'audiocraft', got {choice!r}")
@@ -228,6 +232,7 @@ def install_fast_decoder(lm: LMModel, max_steps: int) -> StaticCacheDecoder | No
     # On a GPU, fixed shapes let each step be one CUDA graph replay; on a CPU, the sliced
     # attention reproduces audiocraft's numbers exactly and launch overhead matters little.
     cuda = next(lm.parameters()).is_cuda
-    decoder = StaticCacheDecoder(lm, max_steps, static_shapes=cuda, graphs=cuda)
+    window_steps = int(musicgen.max_duration * musicgen.frame_rate) + lm.num_codebooks + 1  # one generate call
+    decoder = StaticCacheDecoder(lm, window_steps, static_shapes=cuda, graphs=cuda)
     decoder.install()
     return decoder

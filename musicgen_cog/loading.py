@@ -104,8 +104,7 @@ def load_model(root: Path, finetune: Path | None = None, device: str | None = No
     else:
         codec = _load_pretrained_compression(root, cfg.get("compression_model_checkpoint"), device)
     musicgen = MusicGen(source.name, codec, lm)
-    window_steps = int(musicgen.max_duration * musicgen.frame_rate) + lm.num_codebooks + 1
-    return LoadedModel(musicgen, source, root, decoder=install_fast_decoder(lm, window_steps))
+    return LoadedModel(musicgen, source, root, decoder=install_fast_decoder(musicgen))
 
 
 def _inference_config(raw: object, device: str) -> DictConfig:

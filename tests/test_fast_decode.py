@@ -146,7 +146,7 @@ def test_the_environment_variable_selects_audiocrafts_loop(tiny_weights, monkeyp
     assert model.decoder is None and "_sample_next_token" not in vars(model.musicgen.lm)
     monkeypatch.setenv(DECODER_ENV, "turbo")
     with pytest.raises(ValueError, match="MUSICGEN_DECODER must be 'fast' or 'audiocraft', got 'turbo'"):
-        install_fast_decoder(model.musicgen.lm, 100)
+        install_fast_decoder(model.musicgen)
 
 
 def test_an_architecture_we_do_not_reproduce_falls_back_to_audiocraft(tiny_weights, tmp_path, logs):
