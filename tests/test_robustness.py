@@ -5,6 +5,7 @@ Every request has a time limit; "no hang" means each one answers within it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.server
 import io
 import math
@@ -150,6 +151,15 @@ def test_bad_and_edge_inputs(server, audio, case, overrides, outcome, detail):
 
 # --- property-based fuzz of the API from its own schema ----------------------------------------
 
+def coglet_survivable_id(prediction_id: str) -> str:
+    """`prediction_id`, or a stand-in where coglet 0.23.1 would wedge on it: coglet makes
+    `/tmp/coglet/predictions/<id>/` and never frees the slot when that fails (NUL byte, a name
+    over 255 bytes), and a '/' lets the id place that folder elsewhere."""
+    if "\x00" in prediction_id or "/" in prediction_id or len(prediction_id.encode()) > 200:
+        return "fuzz-" + hashlib.sha256(prediction_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return prediction_id
+
+
 def test_fuzz_the_api_from_its_own_schema(server, capsys):
     """schemathesis generates requests from /openapi.json; no 5xx, every response conforms."""
     import schemathesis
@@ -162,7 +172,12 @@ def test_fuzz_the_api_from_its_own_schema(server, capsys):
     cases: list[tuple[str, str, int]] = []
 
     def bound(case) -> None:
-        """Keep valid cases quick and every URI local: a generated URL must never leave this machine."""
+        """Keep valid cases quick and every URI local: a generated URL must never leave this machine.
+        Prediction ids that wedge coglet itself are replaced (see the coglet tests below)."""
+        if isinstance(case.body, dict) and isinstance(case.body.get("id"), str):
+            case.body["id"] = coglet_survivable_id(case.body["id"])
+        if case.path_parameters and isinstance(case.path_parameters.get("prediction_id"), str):
+            case.path_parameters["prediction_id"] = coglet_survivable_id(case.path_parameters["prediction_id"])
         generated = case.body.get("input") if isinstance(case.body, dict) else None
         if isinstance(generated, dict):
             if isinstance(generated.get("duration"), int) and 1 <= generated["duration"] <= 300:
@@ -190,6 +205,38 @@ def test_fuzz_the_api_from_its_own_schema(server, capsys):
         print(f"\nfuzz: {len(cases)} cases over {len({(m, p) for m, p, _ in cases})} operations; "
               f"responses by status {dict(sorted(by_status.items()))}")
     assert len(cases) >= 150 and all(status < 500 for _, _, status in cases)
+
+
+# --- coglet 0.23.1 bugs in handling client-chosen prediction ids (upstream; no newer coglet exists) ---
+# Strict xfails: they state the right behaviour and will fail loudly once coglet is fixed, so that
+# coglet_survivable_id can go. Behind Replicate the platform chooses ids; self-hosters should not
+# let untrusted clients choose them (README).
+
+@pytest.mark.xfail(strict=True, reason="coglet 0.23.1 keeps the slot busy forever when it cannot "
+                                       "create the prediction's folder")
+@pytest.mark.parametrize("prediction_id", ["nul\x00byte", "x" * 300], ids=["nul-byte", "300-chars"])
+def test_a_prediction_id_coglet_cannot_use_as_a_folder_name_leaves_the_server_ready(
+        tiny_weights, schema_file, tmp_path, prediction_id):
+    server = CogServer(tiny_weights, tmp_path / "server.log")
+    try:
+        server.wait_for("READY")
+        response = requests.post(f"{server.url}/predictions", json={"id": prediction_id, "input": {}}, timeout=30)
+        assert response.status_code < 500
+        server.wait_for("READY", timeout=15)
+    finally:
+        server.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="coglet 0.23.1 joins the id to /tmp/coglet/predictions unchecked")
+def test_a_prediction_id_cannot_place_folders_outside_coglets_own(tiny_weights, schema_file, tmp_path):
+    target = tmp_path / "escaped"
+    server = CogServer(tiny_weights, tmp_path / "server.log")
+    try:
+        server.wait_for("READY")
+        requests.post(f"{server.url}/predictions", json={"id": "../../.." + str(target), "input": {}}, timeout=30)
+    finally:
+        server.stop()
+    assert not target.exists()
 
 
 # --- soak ----------------------------------------------------------------------------------------
