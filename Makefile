@@ -10,7 +10,7 @@ PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export WEIGHTS_DIR
 
-.PHONY: help setup system-packages test weights tiny-weights predict demo serve schema bench lock
+.PHONY: help setup system-packages test test-fast lint weights tiny-weights predict demo serve schema bench lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,28 +27,36 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-test.t
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
-test: setup  ## run the whole test suite (CI runs exactly this)
+test: lint  ## lint, then the whole test suite (CI runs exactly this)
 	$(PY) -m pytest
 
+test-fast: setup  ## the suite without the soak, the fuzz and the server restarts: the edit loop
+	$(PY) -m pytest -m "not slow"
+
+lint: setup  ## ruff (lint and format check) and mypy over the package, tests and benches
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 weights: setup  ## fetch every real asset into WEIGHTS_DIR: pinned in its assets.lock.json, verified, resumable
-	$(PY) -m musicgen_cog.fetch_weights $(WEIGHTS_DIR)
+	$(PY) -m musicgen_cog.commands.fetch_weights $(WEIGHTS_DIR)
 
 tiny-weights: setup  ## write random tiny weights in the real layout to WEIGHTS_DIR
-	$(PY) -m musicgen_cog.random_weights $(WEIGHTS_DIR)
+	$(PY) -m musicgen_cog.commands.tiny_weights $(WEIGHTS_DIR)
 
 predict: setup  ## one prediction with the weights in WEIGHTS_DIR: make predict ARGS='-i prompt="..." -i duration=8'
-	$(PY) -m musicgen_cog.cli $(ARGS)
+	$(PY) -m musicgen_cog.commands.cog_predict $(ARGS)
 
 demo: setup  ## fresh machine, no weights: tiny random weights, then one prediction (noise, not music)
-	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.random_weights $(TINY_WEIGHTS_DIR)
-	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.cli -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
+	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.commands.tiny_weights $(TINY_WEIGHTS_DIR)
+	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.commands.cog_predict -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
 
 bench: setup  ## benchmarks (figures go in docs/benchmarks.md): cold boot, then decoding speed (last line: speedup)
 	$(PY) -m bench.setup_time
 	$(PY) -m bench.decode_speed
 
 schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
-	$(PY) -m musicgen_cog.openapi_schema
+	$(PY) -m musicgen_cog.commands.schema
 
 serve: schema  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
 	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=predict.py:Predictor PORT=$(PORT) \

@@ -8,12 +8,14 @@ measured on that GPU. Last line: `speedup <X>x on <device>` (ours over audiocraf
 
     python -m bench.decode_speed [SECONDS]
 """
+
 from __future__ import annotations
 
 import sys
 import time
 
-from musicgen_cog import environment, random_weights
+from musicgen_cog import environment
+from musicgen_cog.weights import random_weights
 
 ROOT = environment.REPO_ROOT
 
@@ -40,9 +42,9 @@ def main() -> None:
     from audiocraft.models import MusicGen, builders
     from omegaconf import OmegaConf
 
-    from musicgen_cog.fast_decode import install_fast_decoder
-    from musicgen_cog.loading import load_model
-    from musicgen_cog.seeding import seed_everything
+    from musicgen_cog.api.seeding import seed_everything
+    from musicgen_cog.model.fast_decode import install_fast_decoder
+    from musicgen_cog.model.loading import load_model
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -53,7 +55,7 @@ def main() -> None:
     cfg.device, cfg.dtype = device, ("float16" if cuda else "float32")
     torch.manual_seed(0)
     lm = builders.get_lm_model(cfg).eval()
-    lm.cfg = cfg
+    lm.cfg = cfg  # type: ignore[assignment]  # as audiocraft's own loaders attach it
     musicgen = MusicGen("bench", codec, lm)
     decoder = install_fast_decoder(musicgen)
     assert decoder is not None, "the bench LM should be decodable by the fast loop"
@@ -61,11 +63,13 @@ def main() -> None:
     attributes, _ = musicgen._prepare_tokens_and_attributes(["lofi hip hop beat"], None)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     parameters = sum(p.numel() for p in lm.parameters())
-    print(f"{name}: LM {size} ({parameters / 1e9:.2f} B parameters, {cfg.dtype}), {seconds:g} s of tokens, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"{name}: LM {size} ({parameters / 1e9:.2f} B parameters, {cfg.dtype}), {seconds:g} s of tokens, "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     def timed(step_function) -> tuple[float, torch.Tensor, int]:
-        lm._sample_next_token = step_function
+        lm._sample_next_token = step_function  # type: ignore[method-assign]  # the step under test
         counted = []
         musicgen.set_custom_progress_callback(lambda done, total: counted.append(done))
         seed_everything(1)
@@ -87,11 +91,15 @@ def main() -> None:
         timed(step)  # warm-up: allocation, kernels, caches, graph capture
         elapsed, tokens, steps = timed(step)
         results[label] = (steps / elapsed, tokens)
-        print(f"{label:>10}: {steps} steps in {elapsed:.2f} s = {steps / elapsed:.1f} steps/s, "
-              f"{1000 * elapsed / steps:.2f} ms/step")
+        print(
+            f"{label:>10}: {steps} steps in {elapsed:.2f} s = {steps / elapsed:.1f} steps/s, "
+            f"{1000 * elapsed / steps:.2f} ms/step"
+        )
     agreement = (results["audiocraft"][1] == results["ours"][1]).float().mean().item()
-    print(f"tokens identical: {agreement == 1.0} ({100 * agreement:.1f}% agree"
-          f"{'; fp16 rounds differently in the fixed-shape attention' if cuda else ''})")
+    print(
+        f"tokens identical: {agreement == 1.0} ({100 * agreement:.1f}% agree"
+        f"{'; fp16 rounds differently in the fixed-shape attention' if cuda else ''})"
+    )
     if cuda:
         weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
         keys = decoder.caches[0][0]
@@ -100,8 +108,10 @@ def main() -> None:
         kv_bytes = kv_bytes_per_position * (prefix + steps / 2)  # the filled part, on average
         bandwidth = measured_bandwidth(torch)
         floor_ms = 1000 * (weight_bytes + kv_bytes) / bandwidth
-        print(f"floor: {weight_bytes / 1e9:.2f} GB of weights + {kv_bytes / 1e9:.2f} GB of KV cache per step "
-              f"(mean) at {bandwidth / 1e12:.2f} TB/s measured = {floor_ms:.2f} ms/step")
+        print(
+            f"floor: {weight_bytes / 1e9:.2f} GB of weights + {kv_bytes / 1e9:.2f} GB of KV cache per step "
+            f"(mean) at {bandwidth / 1e12:.2f} TB/s measured = {floor_ms:.2f} ms/step"
+        )
         for label, (rate, _) in results.items():
             print(f"{label:>10}: {1000 / rate:.2f} ms/step = {100 * floor_ms * rate / 1000:.0f}% of the floor")
     print(f"speedup {results['ours'][0] / results['audiocraft'][0]:.2f}x on {name}")

@@ -7,6 +7,7 @@ Prints `setup <S>s, raw read <R>s` and their ratio.
 
     python -m bench.setup_time [WEIGHTS_DIR]   (default .cache/bench-weights-full-<generator version>)
 """
+
 from __future__ import annotations
 
 import os
@@ -14,14 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-from musicgen_cog import environment, random_weights
+from musicgen_cog import environment
+from musicgen_cog.weights import random_weights
 
 ROOT = environment.REPO_ROOT
 CHUNK = 64 << 20
 
 
 def files_setup_reads(root: Path) -> list[Path]:
-    from musicgen_cog import assets
+    from musicgen_cog.weights import assets
+
     hub_files = [assets.locate(root, a) / name for a in (assets.T5, assets.ENCODEC) for name in a.filenames]
     return [root / assets.FINETUNE_FILENAME, assets.locate(root, assets.HTDEMUCS), *hub_files]
 
@@ -47,7 +50,8 @@ def raw_read_seconds(files: list[Path]) -> float:
 
 
 def ensure_weights(root: Path) -> None:
-    from musicgen_cog import assets
+    from musicgen_cog.weights import assets
+
     if (root / assets.FINETUNE_FILENAME).is_file():
         return
     print(f"writing full-size random weights to {root} (once; ~6 GB)", flush=True)
@@ -60,7 +64,8 @@ def main() -> None:
     root = environment.configure(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
     ensure_weights(root)
     import torch
-    from musicgen_cog.loading import load_model
+
+    from musicgen_cog.model.loading import load_model
 
     files = files_setup_reads(root)
     size_gb = sum(p.resolve().stat().st_size for p in files) / 1e9
@@ -70,8 +75,10 @@ def main() -> None:
     model = load_model(root, device="cpu")
     setup = time.perf_counter() - started
     parameters = sum(p.numel() for p in model.musicgen.lm.parameters()) / 1e9
-    print(f"language model: {parameters:.2f} B parameters; files read: {size_gb:.2f} GB; "
-          f"torch threads: {torch.get_num_threads()}")
+    print(
+        f"language model: {parameters:.2f} B parameters; files read: {size_gb:.2f} GB; "
+        f"torch threads: {torch.get_num_threads()}"
+    )
     print(f"setup {setup:.2f}s, raw read {raw:.2f}s")
     print(f"setup / raw read = {setup / raw:.2f}x")
 

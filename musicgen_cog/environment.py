@@ -1,13 +1,16 @@
-"""Points every model library at the local weights folder and forbids hub access.
+"""Prepares the process before any model library is imported: local caches, offline, quiet.
 
-huggingface_hub and transformers read these variables when they are first imported,
-so `configure()` must run before either is imported (predict.py, the CLI and the
-tests call it first thing).
+huggingface_hub and transformers read the cache variables when they are first imported,
+so `configure()` must run before either is imported (predict.py, the commands and the
+tests call it first thing). It also silences the warnings a user cannot act on.
 """
+
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +46,29 @@ def configure(root: Path | None = None, offline: bool = True) -> Path:
     if "huggingface_hub" in sys.modules and os.environ.get("HF_HUB_CACHE") != wanted["HF_HUB_CACHE"]:
         raise RuntimeError(
             "musicgen_cog.environment.configure() ran after huggingface_hub was imported; "
-            "the weights folder would be ignored. Call it before importing audiocraft or transformers.")
+            "the weights folder would be ignored. Call it before importing audiocraft or transformers."
+        )
     os.environ.update(wanted)
+    silence_known_harmless_warnings()
     return root
+
+
+# Warnings that are expected and that no user of this server can act on: (message regex, category).
+KNOWN_HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # Cog 0.20 renamed BasePredictor/predict to BaseRunner/run and warns on the old names;
+    # the mission (and Replicate's docs) name predict.py's Predictor, so we keep them.
+    ("BasePredictor is deprecated", DeprecationWarning),
+    (r".*\.predict\(\) is deprecated", DeprecationWarning),
+    # pydub (mp3 export) imports audioop, deprecated since Python 3.11 and removed in 3.13; we run 3.11.
+    ("'audioop' is deprecated", DeprecationWarning),
+)
+
+
+def silence_known_harmless_warnings() -> None:
+    """Hide the warnings in KNOWN_HARMLESS_WARNINGS, and xformers' build-mismatch notice."""
+    # xformers 0.0.35 (the newest) is built for torch 2.10 and logs "please reinstall" on import.
+    # audiocraft's torch attention backend only uses xformers' Python-level `unbind` and
+    # `LowerTriangularMask`, never its C++/CUDA kernels, so nothing is lost.
+    logging.getLogger("xformers").setLevel(logging.ERROR)
+    for message, category in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)

@@ -1,4 +1,5 @@
 """The real Cog HTTP server (coglet) in a subprocess on a free loopback port, and loopback receivers."""
+
 from __future__ import annotations
 
 import http.server
@@ -23,13 +24,24 @@ class CogServer:
 
     def __init__(self, weights_dir: Path, log_path: Path, args: tuple[str, ...] = (), env: dict | None = None):
         self.log_path = log_path
-        environment = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PORT": "0",
-                       "COG_PREDICT_TYPE_STUB": "predict.py:Predictor", "WEIGHTS_DIR": str(weights_dir),
-                       "MUSICGEN_OUTPUT_DIR": str(log_path.parent / "outputs"), "OMP_NUM_THREADS": "1",
-                       **(env or {})}
-        self.log = open(log_path, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", *args],
-                                        cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
+        environment = {
+            **os.environ,
+            "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+            "PORT": "0",
+            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            "WEIGHTS_DIR": str(weights_dir),
+            "MUSICGEN_OUTPUT_DIR": str(log_path.parent / "outputs"),
+            "OMP_NUM_THREADS": "1",
+            **(env or {}),
+        }
+        self.log = open(log_path, "w")  # noqa: SIM115 (the server writes it until stop())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", *args],
+            cwd=ROOT,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.url = f"http://127.0.0.1:{self._port()}"
 
     def _port(self, timeout: float = 60) -> int:
@@ -57,8 +69,9 @@ class CogServer:
             time.sleep(0.1)
         raise TimeoutError(f"server stayed {self.health()['status']}, wanted {statuses}")
 
-    def predict(self, timeout: float = 300, headers: dict | None = None, when_ready: bool = True,
-                **body) -> requests.Response:
+    def predict(
+        self, timeout: float = 300, headers: dict | None = None, when_ready: bool = True, **body
+    ) -> requests.Response:
         """POST /predictions; first wait for READY, as coglet 0.23 frees its slot only just after
         answering a failed prediction (an immediate next request can get a spurious 409)."""
         if when_ready:

@@ -4,6 +4,7 @@ It answers what `hf_hub_download` asks: HEAD/GET `/{repo_id}/resolve/{revision}/
 `X-Repo-Commit`, `ETag` (sha256 for large files, git blob sha1 for small ones, as the hub does) and
 Range support, plus plain files under `/files/`. It can drop downloads midway or corrupt them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,7 @@ import http.server
 import threading
 from pathlib import Path
 
-from musicgen_cog import assets
+from musicgen_cog.weights import assets
 
 LFS_THRESHOLD = 10_000  # the hub stores big files in LFS (sha256 ETag), small ones in git (sha1 ETag)
 
@@ -23,7 +24,7 @@ def commit_for(repo_id: str, generation: int = 0) -> str:
 class FakeHub:
     def __init__(self, source_root: Path):
         self.files: dict[tuple[str, str], bytes] = {}
-        for asset in (assets.T5, assets.ENCODEC, assets.BASE_LM, assets.MBD):
+        for asset in assets.HUB_ASSETS:
             snapshot = assets.locate(source_root, asset)
             for name in asset.filenames:
                 self.files[(asset.repo_id, name)] = (snapshot / name).read_bytes()
@@ -60,13 +61,19 @@ class FakeHub:
         if "resolve" not in parts:
             return None
         at = parts.index("resolve")
-        repo_id, revision, filename = "/".join(parts[:at]), parts[at + 1], "/".join(parts[at + 2:])
-        if (repo_id, filename) not in self.files or revision not in ("main", commit_for(repo_id, self.generation),
-                                                                       *[commit_for(repo_id, g) for g in range(3)]):
+        repo_id, revision, filename = "/".join(parts[:at]), parts[at + 1], "/".join(parts[at + 2 :])
+        if (repo_id, filename) not in self.files or revision not in (
+            "main",
+            commit_for(repo_id, self.generation),
+            *[commit_for(repo_id, g) for g in range(3)],
+        ):
             return None
         data = self.files[(repo_id, filename)]
-        etag = (hashlib.sha256(data).hexdigest() if len(data) >= LFS_THRESHOLD
-                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        etag = (
+            hashlib.sha256(data).hexdigest()
+            if len(data) >= LFS_THRESHOLD
+            else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        )
         commit = revision if revision != "main" else commit_for(repo_id, self.generation)
         return filename, data, {"X-Repo-Commit": commit, "ETag": f'"{etag}"'}
 
@@ -93,7 +100,7 @@ class FakeHub:
         if not body:
             return
         stop = self.drop_at.get(filename, len(data))
-        handler.wfile.write(data[start:max(start, stop)])
+        handler.wfile.write(data[start : max(start, stop)])
         if stop < len(data):
             handler.wfile.flush()
             handler.close_connection = True

@@ -1,27 +1,51 @@
 """Helpers shared by the tests: the API defaults, test audio files, reading results back."""
+
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
 
 # Every input of the hosted API with its hosted default (prompt set so that text mode works).
-DEFAULTS = dict(prompt="calm piano", input_audio=None, duration=1, continuation=False, continuation_start=0,
-                continuation_end=None, multi_band_diffusion=False, normalization_strategy="loudness", top_k=250,
-                top_p=0.0, temperature=1.0, classifier_free_guidance=3, output_format="wav", seed=1)
+DEFAULTS = dict(
+    prompt="calm piano",
+    input_audio=None,
+    duration=1,
+    continuation=False,
+    continuation_start=0,
+    continuation_end=None,
+    multi_band_diffusion=False,
+    normalization_strategy="loudness",
+    top_k=250,
+    top_p=0.0,
+    temperature=1.0,
+    classifier_free_guidance=3,
+    output_format="wav",
+    seed=1,
+)
 
 SAMPLE_RATE = 32000
+HOSTED_API = json.loads((Path(__file__).parent / "data" / "hosted_api.json").read_text())
+
+
+def decoding_steps(musicgen: Any, seconds: float) -> int:
+    """Decoding steps for `seconds` of new tokens in one window: one per frame, then one per delayed
+    codebook (audiocraft's delay pattern shifts codebook k by k steps)."""
+    return int(seconds * musicgen.frame_rate) + musicgen.lm.num_codebooks - 1
 
 
 def tone(seconds: float, sample_rate: int, channels: int, freq: float = 440.0, level: float = 0.3) -> np.ndarray:
     """A sine chord [frames, channels]: a different pitch per channel so channels differ."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate
-    return np.stack([level * np.sin(2 * np.pi * freq * (1 + 0.25 * c) * t) for c in range(channels)],
-                    axis=1).astype(np.float32)
+    return np.stack([level * np.sin(2 * np.pi * freq * (1 + 0.25 * c) * t) for c in range(channels)], axis=1).astype(
+        np.float32
+    )
 
 
 def write_tone(path: Path, seconds: float = 2.0, sample_rate: int = 44100, channels: int = 1) -> Path:
@@ -39,17 +63,43 @@ def write_tone(path: Path, seconds: float = 2.0, sample_rate: int = 44100, chann
 
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """Decode any output file with ffmpeg (independently of our own decoder): [frames, channels]."""
-    probe = json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "stream=sample_rate,channels", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True).stdout)["streams"][0]
-    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-f", "f32le", "-"],
-                         check=True, capture_output=True).stdout
+    probe = json.loads(
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "stream=sample_rate,channels", "-of", "json", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )["streams"][0]
+    raw = subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-i", str(path), "-f", "f32le", "-"], check=True, capture_output=True
+    ).stdout
     channels = int(probe["channels"])
     return np.frombuffer(raw, dtype=np.float32).reshape(-1, channels), int(probe["sample_rate"])
 
 
 def ffmpeg_loudness(path: Path) -> float:
     """Integrated loudness (LUFS) by ffmpeg's ebur128 filter: a measurement independent of pyloudnorm."""
-    log = subprocess.run(["ffmpeg", "-nostats", "-i", str(path), "-af", "ebur128", "-f", "null", "-"],
-                         capture_output=True, text=True, check=True).stderr
+    log = subprocess.run(
+        ["ffmpeg", "-nostats", "-i", str(path), "-af", "ebur128", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
     return float(re.findall(r"I:\s+(-?[\d.]+) LUFS", log)[-1])
+
+
+def copy_without(tiny_weights: Path, tmp_path: Path, *excluded: str) -> Path:
+    """A weights folder linking to the tiny one's files, minus the relative paths in `excluded`."""
+    root = tmp_path / "weights"
+    for path in tiny_weights.rglob("*"):
+        relative = path.relative_to(tiny_weights)
+        if path.is_dir() or any(str(relative).startswith(e) for e in excluded):
+            continue
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            os.symlink(os.readlink(path), target)
+        else:
+            os.symlink(path, target)
+    return root

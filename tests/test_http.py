@@ -1,9 +1,9 @@
 """The real Cog HTTP server on a loopback port, with tiny weights: contract, modes, errors, lifecycle."""
+
 from __future__ import annotations
 
 import base64
 import io
-import json
 import re
 import time
 
@@ -13,46 +13,7 @@ import requests
 import soundfile
 
 from tests.cog_server import CogServer, Receiver
-from tests.conftest import ROOT
-from tests.helpers import SAMPLE_RATE, write_tone
-
-HOSTED_API = ROOT.parent / "shared" / "seed" / "musicgen-triohatala-api.txt"
-HOSTED_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean"}
-
-
-def hosted_inputs() -> dict[str, dict]:
-    """Parse the hosted API page's input table: name -> {type, default (absent if none), enum}."""
-    text = HOSTED_API.read_text()
-    lines = [line.strip() for line in text.split("Field Type Default value Description")[1]
-             .split("Output schema")[0].splitlines()]
-    fields: dict[str, dict] = {}
-    for i, line in enumerate(lines[:-1]):
-        kind = lines[i + 1]
-        if not re.fullmatch(r"[a-z_]+", line) or kind not in ("string", "integer", "number", "boolean", "string (enum)"):
-            continue
-        field: dict = {"type": kind.split()[0]}
-        following = lines[i + 2]
-        if kind == "string (enum)":
-            field["default"] = following
-            field["enum"] = lines[lines.index("Options:", i) + 2].split(", ")
-        elif kind == "integer" and re.fullmatch(r"-?\d+", following):
-            field["default"] = int(following)
-        elif kind == "number" and re.fullmatch(r"-?\d+(\.\d+)?", following):
-            field["default"] = float(following)
-        elif kind == "boolean" and following in ("True", "False"):
-            field["default"] = following == "True"
-        fields[line] = field
-    return fields
-
-
-@pytest.fixture(scope="module")
-def server(tiny_weights, schema_file, tmp_path_factory):
-    instance = CogServer(tiny_weights, tmp_path_factory.mktemp("server") / "server.log")
-    try:
-        instance.wait_for("READY")
-        yield instance
-    finally:
-        instance.stop()
+from tests.helpers import HOSTED_API, SAMPLE_RATE, decoding_steps, write_tone
 
 
 def data_uri_audio(uri: str) -> tuple[np.ndarray, int]:
@@ -67,58 +28,52 @@ def as_data_uri(path, mime="audio/wav") -> str:
 
 # --- the schema contract -----------------------------------------------------------------------
 
-def test_the_hosted_page_parses_into_its_14_inputs():
-    assert len(hosted_inputs()) == 14
-
 
 def test_served_input_schema_matches_the_hosted_api_field_by_field(server):
     served = requests.get(f"{server.url}/openapi.json", timeout=10).json()["components"]["schemas"]
     properties = served["Input"]["properties"]
-    hosted = hosted_inputs()
+    hosted = {field["name"]: field for field in HOSTED_API["inputs"]}
     assert sorted(properties, key=lambda name: properties[name]["x-order"]) == list(hosted)  # names, order
     for name, expected in hosted.items():
         prop = properties[name]
         if "enum" in expected:
             enum = served[prop["allOf"][0]["$ref"].rsplit("/", 1)[1]]
-            assert (enum["type"], enum["enum"]) == ("string", expected["enum"]), name
-        elif name == "input_audio":  # a file: a string the hosted API also takes as a URI
+            assert (enum["type"], enum["enum"]) == (expected["type"], expected["enum"]), name
+        elif expected.get("file"):  # a file: a string holding a URI (http(s) or data:)
             assert (prop["type"], prop["format"]) == ("string", "uri")
         else:
-            assert prop["type"] == HOSTED_TYPES[expected["type"]], name
+            assert prop["type"] == expected["type"], name
         if "default" in expected:
             assert prop["default"] == expected["default"], name
         else:  # no hosted default: optional, so omitting it must be accepted
             assert name not in served["Input"].get("required", []) and prop.get("nullable") is True, name
-    assert served["Output"] == {"title": "Output", "type": "string", "format": "uri"}
+        assert prop["description"] == expected["description"], name
+    assert served["Output"] == HOSTED_API["output"]
 
 
 def test_the_only_widened_constraint_is_continuation_end_minus_one(server):
     properties = requests.get(f"{server.url}/openapi.json", timeout=10).json()["components"]["schemas"]["Input"][
-        "properties"]
-    constrained = {name: (p.get("minimum"), p.get("maximum")) for name, p in properties.items()
-                   if "minimum" in p or "maximum" in p}
+        "properties"
+    ]
+    constrained = {
+        name: (p.get("minimum"), p.get("maximum")) for name, p in properties.items() if "minimum" in p or "maximum" in p
+    }
     # hosted: continuation_start ge=0 and continuation_end ge=0; we accept -1 for "end of clip" as documented
     assert constrained == {"continuation_start": (0, None), "continuation_end": (-1, None)}
 
 
-def test_the_schema_file_is_what_the_server_loaded(server, schema_file):
-    assert requests.get(f"{server.url}/openapi.json", timeout=10).json() == json.loads(schema_file.read_text())
-
-
 # --- predictions over HTTP ---------------------------------------------------------------------
 
-def test_health_check_is_ready(server):
-    assert server.health()["status"] == "READY"
 
-
-def test_a_sync_prediction_returns_a_data_uri_of_the_audio(server):
+def test_a_sync_prediction_returns_a_data_uri_of_the_audio(server, predictor):
     response = server.predict(input={"prompt": "lofi", "duration": 2, "seed": 0})
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "succeeded", body
     samples, rate = data_uri_audio(body["output"])
     assert rate == SAMPLE_RATE and samples.shape == (2 * SAMPLE_RATE,)
-    assert "Using seed 0" in body["logs"] and "generation: 103/103 steps (100%)" in body["logs"]
+    steps = decoding_steps(predictor.model.musicgen, 2)
+    assert "Using seed 0" in body["logs"] and f"generation: {steps}/{steps} steps (100%)" in body["logs"]
 
 
 def test_omitted_optional_inputs_are_accepted(server):
@@ -128,41 +83,64 @@ def test_omitted_optional_inputs_are_accepted(server):
 
 def test_melody_from_an_uploaded_data_uri(server, tmp_path):
     melody = write_tone(tmp_path / "m.mp3", seconds=2.0, sample_rate=48000, channels=2)
-    body = server.predict(input={"prompt": "x", "duration": 1, "input_audio": as_data_uri(melody, "audio/mpeg"),
-                                 "output_format": "mp3"}).json()
+    body = server.predict(
+        input={"prompt": "x", "duration": 1, "input_audio": as_data_uri(melody, "audio/mpeg"), "output_format": "mp3"}
+    ).json()
     assert body["status"] == "succeeded", body.get("error")
     assert body["output"].startswith("data:audio/mpeg;base64,")
 
 
 def test_continuation_with_minus_one_end(server, tmp_path):
     audio = write_tone(tmp_path / "c.wav", seconds=2.0)
-    body = server.predict(input={"prompt": "x", "duration": 1, "continuation": True, "continuation_end": -1,
-                                 "input_audio": as_data_uri(audio)}).json()
+    body = server.predict(
+        input={
+            "prompt": "x",
+            "duration": 1,
+            "continuation": True,
+            "continuation_end": -1,
+            "input_audio": as_data_uri(audio),
+        }
+    ).json()
     assert body["status"] == "succeeded", body.get("error")
     assert data_uri_audio(body["output"])[0].shape == (3 * SAMPLE_RATE,)
 
 
-@pytest.mark.parametrize("bad_input, field", [
-    ({"duration": "eight"}, "duration"), ({"duration": 2.5}, "duration"), ({"top_p": "high"}, "top_p"),
-    ({"normalization_strategy": "lufs"}, "normalization_strategy"), ({"output_format": "ogg"}, "output_format"),
-    ({"continuation_end": -2}, "continuation_end"), ({"continuation_start": -1}, "continuation_start"),
-    ({"continuation": "maybe"}, "continuation")])
+@pytest.mark.parametrize(
+    "bad_input, field",
+    [
+        ({"duration": "eight"}, "duration"),
+        ({"duration": 2.5}, "duration"),
+        ({"top_p": "high"}, "top_p"),
+        ({"normalization_strategy": "lufs"}, "normalization_strategy"),
+        ({"output_format": "ogg"}, "output_format"),
+        ({"continuation_end": -2}, "continuation_end"),
+        ({"continuation_start": -1}, "continuation_start"),
+        ({"continuation": "maybe"}, "continuation"),
+    ],
+)
 def test_schema_violations_are_422_naming_the_input(server, bad_input, field):
     response = server.predict(input={"prompt": "x", **bad_input})
     assert response.status_code == 422
     assert [d["loc"] for d in response.json()["detail"]] == [["body", "input", field]]
 
 
-@pytest.mark.parametrize("request_input, message", [
-    ({"prompt": "x", "duration": 99999}, "duration must be between 1 and 300 seconds, got 99999"),
-    ({"prompt": "x", "top_k": 2049}, "top_k must be between 0 and the codebook size 2048, got 2049"),
-    ({"prompt": "x", "top_p": 1.5}, "top_p must be between 0 and 1, got 1.5"),
-    ({"prompt": "x", "continuation": True}, "Must provide `input_audio` if continuation is `True`."),
-    ({"duration": 1}, "Must provide either prompt or input_audio"),
-])
+@pytest.mark.parametrize(
+    "request_input, message",
+    [
+        ({"prompt": "x", "duration": 99999}, "duration must be between 1 and 300 seconds, got 99999"),
+        ({"prompt": "x", "top_k": 2049}, "top_k must be between 0 and the codebook size 2048, got 2049"),
+        ({"prompt": "x", "top_p": 1.5}, "top_p must be between 0 and 1, got 1.5"),
+        ({"prompt": "x", "continuation": True}, "Must provide `input_audio` if continuation is `True`."),
+        ({"duration": 1}, "Must provide either prompt or input_audio"),
+    ],
+)
 def test_predictor_checks_fail_the_prediction_naming_the_input(server, request_input, message):
     body = server.predict(input=request_input).json()
-    assert body["status"] == "failed" and body["error"].endswith(message), body
+    # coglet 0.23.1 words every failure `Prediction failed: Prediction failed: <class>: <message>`
+    # (README, "Serving over HTTP"); a coglet that words it better fails here, to update the README.
+    assert (
+        body["status"] == "failed" and body["error"] == f"Prediction failed: Prediction failed: InputError: {message}"
+    )
 
 
 def test_an_explicit_null_is_a_422_as_in_cog(server):
@@ -180,9 +158,13 @@ def test_a_non_audio_file_fails_naming_input_audio(server):
 def test_async_prediction_delivers_webhooks_processing_then_succeeded(server):
     receiver = Receiver()
     try:
-        response = server.predict(headers={"Prefer": "respond-async"}, id="async-1",
-                                  input={"prompt": "x", "duration": 2, "seed": 1},
-                                  webhook=f"{receiver.url}/hook", webhook_events_filter=["start", "completed"])
+        response = server.predict(
+            headers={"Prefer": "respond-async"},
+            id="async-1",
+            input={"prompt": "x", "duration": 2, "seed": 1},
+            webhook=f"{receiver.url}/hook",
+            webhook_events_filter=["start", "completed"],
+        )
         assert response.status_code == 202
         receiver.wait_for(lambda r: any(b["status"] == "succeeded" for b in r.json_bodies()))
         statuses = [b["status"] for b in receiver.json_bodies()]
@@ -194,19 +176,24 @@ def test_async_prediction_delivers_webhooks_processing_then_succeeded(server):
 
 
 def test_a_second_request_while_busy_gets_409(server):
-    first = server.predict(headers={"Prefer": "respond-async"}, input={"prompt": "x", "duration": 60})
+    first = server.predict(headers={"Prefer": "respond-async"}, id="busy", input={"prompt": "x", "duration": 60})
     assert first.status_code == 202
     try:
         server.wait_for("BUSY", timeout=10)
         second = server.predict(input={"prompt": "x", "duration": 1}, when_ready=False)
         assert second.status_code == 409 and server.health()["status"] == "BUSY"
     finally:
+        requests.post(f"{server.url}/predictions/busy/cancel", timeout=10)
         server.wait_for("READY", timeout=120)
 
 
 def test_cancelling_a_long_generation_frees_the_server_quickly(server):
-    assert server.predict(headers={"Prefer": "respond-async"}, id="to-cancel",
-                          input={"prompt": "x", "duration": 200}).status_code == 202
+    assert (
+        server.predict(
+            headers={"Prefer": "respond-async"}, id="to-cancel", input={"prompt": "x", "duration": 200}
+        ).status_code
+        == 202
+    )
     server.wait_for("BUSY", timeout=10)
     time.sleep(1.0)  # well into decoding
     started = time.monotonic()
@@ -225,13 +212,14 @@ def test_output_files_do_not_accumulate(server, tmp_path):
 
 # --- servers of their own ----------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_upload_url_puts_each_file_under_a_unique_name(tiny_weights, schema_file, tmp_path):
     receiver = Receiver()
     server = CogServer(tiny_weights, tmp_path / "server.log", args=("--upload-url", f"{receiver.url}/upload/"))
     try:
         server.wait_for("READY")
-        outputs = [server.predict(input={"prompt": "x", "duration": 1, "seed": 5}).json()["output"]
-                   for _ in range(2)]
+        outputs = [server.predict(input={"prompt": "x", "duration": 1, "seed": 5}).json()["output"] for _ in range(2)]
         puts = [(path, body) for method, path, body in receiver.received if method == "PUT"]
         assert len(puts) == 2 and puts[0][0] != puts[1][0]
         for output, (path, body) in zip(outputs, puts, strict=True):
@@ -243,6 +231,7 @@ def test_upload_url_puts_each_file_under_a_unique_name(tiny_weights, schema_file
         receiver.close()
 
 
+@pytest.mark.slow
 def test_setup_without_weights_fails_naming_what_is_missing_and_how_to_get_it(schema_file, tmp_path):
     empty = tmp_path / "no-weights"
     empty.mkdir()

@@ -7,13 +7,14 @@ determinism, never musical quality.
 import numpy as np
 import pytest
 
-from musicgen_cog.audio_output import OutputFolder
-from musicgen_cog.inputs import InputError
-from musicgen_cog.normalization import db_to_gain
-from musicgen_cog.random_weights import write_finetune
-from tests.helpers import SAMPLE_RATE, ffmpeg_loudness, read_audio, tone, write_tone
+from musicgen_cog.audio.normalization import db_to_gain
+from musicgen_cog.audio.writing import OutputFolder
+from musicgen_cog.errors import InputError
+from musicgen_cog.weights.random_weights import write_finetune
+from tests.helpers import DEFAULTS, SAMPLE_RATE, decoding_steps, ffmpeg_loudness, read_audio, tone, write_tone
 
 FRAME = SAMPLE_RATE // 50  # one EnCodec frame: 640 samples
+WINDOWED = pytest.mark.slow  # generations past the 30 s window: many seconds each
 
 
 def samples_of(path):
@@ -25,19 +26,22 @@ def samples_of(path):
 
 # --- text mode and durations -------------------------------------------------------------------
 
-@pytest.mark.parametrize("duration", [1, 8, 31, 45])
+
+@pytest.mark.parametrize("duration", [1, 8, pytest.param(31, marks=WINDOWED), pytest.param(45, marks=WINDOWED)])
 def test_text_mode_gives_the_requested_duration_at_32_khz_mono(run, duration):
     samples = samples_of(run(duration=duration))
     assert samples.shape == (duration * SAMPLE_RATE, 1)
 
 
-def test_text_mode_progress_and_seed_are_in_the_logs(run, logs):
+def test_text_mode_progress_and_seed_are_in_the_logs(run, predictor, logs):
     run(duration=2, seed=5)
     messages = [r.getMessage() for r in logs.records]
     assert "Using seed 5" in messages
-    assert "generation: 103/103 steps (100%)" in " ".join(messages)  # 2 s: 100 frames + 3 delay steps
+    steps = decoding_steps(predictor.model.musicgen, 2)
+    assert f"generation: {steps}/{steps} steps (100%)" in " ".join(messages)
 
 
+@WINDOWED
 def test_windowed_generation_reports_steps_over_all_windows(run, logs):
     run(duration=31)
     planned, decoded = final_progress(logs)
@@ -46,9 +50,20 @@ def test_windowed_generation_reports_steps_over_all_windows(run, logs):
 
 # --- melody mode -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("suffix, channels, rate", [
-    (".wav", 1, 22050), (".wav", 2, 44100), (".mp3", 1, 48000), (".mp3", 2, 22050),
-    (".flac", 1, 44100), (".flac", 2, 48000), (".ogg", 1, 48000), (".ogg", 2, 44100)])
+
+@pytest.mark.parametrize(
+    "suffix, channels, rate",
+    [
+        (".wav", 1, 22050),
+        (".wav", 2, 44100),
+        (".mp3", 1, 48000),
+        (".mp3", 2, 22050),
+        (".flac", 1, 44100),
+        (".flac", 2, 48000),
+        (".ogg", 1, 48000),
+        (".ogg", 2, 44100),
+    ],
+)
 def test_melody_from_each_format_layout_and_rate(run, tmp_path, suffix, channels, rate):
     melody = write_tone(tmp_path / f"melody{suffix}", seconds=2.0, sample_rate=rate, channels=channels)
     assert samples_of(run(input_audio=melody, duration=1)).shape == (SAMPLE_RATE, 1)
@@ -59,6 +74,7 @@ def test_melody_without_prompt_is_accepted(run, tmp_path):
     assert samples_of(run(prompt=None, input_audio=melody, duration=1)).shape == (SAMPLE_RATE, 1)
 
 
+@WINDOWED
 def test_melody_beyond_the_window_loops_the_melody(run, tmp_path):
     melody = write_tone(tmp_path / "m.wav", seconds=3.0)
     assert samples_of(run(input_audio=melody, duration=31)).shape == (31 * SAMPLE_RATE, 1)
@@ -66,6 +82,7 @@ def test_melody_beyond_the_window_loops_the_melody(run, tmp_path):
 
 def test_melody_slice_is_what_conditions_generation(run, predictor, tmp_path, monkeypatch):
     import soundfile
+
     rate = 44100
     first, second = tone(2.0, rate, 1, 440.0), tone(2.0, rate, 1, 659.3)
     melody = tmp_path / "two_pitches.wav"  # A for 2 s, then E
@@ -77,6 +94,7 @@ def test_melody_slice_is_what_conditions_generation(run, predictor, tmp_path, mo
     def spy(descriptions, melody_wavs, melody_sample_rate, **kwargs):
         received.append((melody_wavs.clone(), melody_sample_rate))
         return original(descriptions, melody_wavs, melody_sample_rate, **kwargs)
+
     monkeypatch.setattr(musicgen, "generate_with_chroma", spy)
     run(input_audio=melody, duration=1, continuation_start=2)
     run(input_audio=melody, duration=1, continuation_end=2)
@@ -87,14 +105,17 @@ def test_melody_slice_is_what_conditions_generation(run, predictor, tmp_path, mo
 
 # --- continuation ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("start, end, expected_prompt", [(0, None, 4), (0, -1, 4), (1, 3, 2), (2, None, 2), (0, 60, 4)])
 def test_continuation_output_is_the_slice_then_duration_new_seconds(run, tmp_path, start, end, expected_prompt):
     audio = write_tone(tmp_path / "c.wav", seconds=4.0)
-    out = samples_of(run(input_audio=audio, continuation=True, continuation_start=start, continuation_end=end,
-                         duration=2))
+    out = samples_of(
+        run(input_audio=audio, continuation=True, continuation_start=start, continuation_end=end, duration=2)
+    )
     assert out.shape == ((expected_prompt + 2) * SAMPLE_RATE, 1)
 
 
+@WINDOWED
 def test_continuation_beyond_the_window_extends(run, tmp_path):
     audio = write_tone(tmp_path / "c.wav", seconds=3.0)
     out = samples_of(run(input_audio=audio, continuation=True, duration=31))
@@ -118,13 +139,8 @@ def test_continuation_of_a_fractional_slice_keeps_its_length_and_exact_progress(
     assert planned == decoded
 
 
-def test_continuation_prompt_longer_than_the_window_allows_is_refused(run, tmp_path):
-    audio = write_tone(tmp_path / "long.wav", seconds=29.5, sample_rate=8000)
-    with pytest.raises(InputError, match="must be at most 29 s .* continuation_start and continuation_end"):
-        run(input_audio=audio, continuation=True)
-
-
 # --- MultiBand Diffusion -----------------------------------------------------------------------
+
 
 def test_mbd_in_text_mode(run):
     assert samples_of(run(multi_band_diffusion=True, duration=2)).shape == (2 * SAMPLE_RATE, 1)
@@ -138,14 +154,16 @@ def test_mbd_in_melody_mode(run, tmp_path):
 def test_mbd_in_continuation_resynthesises_the_whole_output(run, tmp_path):
     audio = write_tone(tmp_path / "c.wav", seconds=2.0)
     plain = samples_of(run(input_audio=audio, continuation=True, duration=1, normalization_strategy="clip"))
-    mbd = samples_of(run(input_audio=audio, continuation=True, duration=1, normalization_strategy="clip",
-                         multi_band_diffusion=True))
+    mbd = samples_of(
+        run(input_audio=audio, continuation=True, duration=1, normalization_strategy="clip", multi_band_diffusion=True)
+    )
     assert mbd.shape == plain.shape == (3 * SAMPLE_RATE, 1)
     prompt_part = slice(0, 2 * SAMPLE_RATE)
     assert not np.allclose(mbd[prompt_part], plain[prompt_part])
 
 
 # --- normalization, numerically, on the written file -------------------------------------------
+
 
 def test_loudness_output_is_minus_14_lufs_by_ffmpeg(run):
     assert ffmpeg_loudness(run(duration=8, normalization_strategy="loudness")) == pytest.approx(-14.0, abs=0.5)
@@ -167,8 +185,10 @@ def test_clip_output_never_exceeds_minus_1_dbfs(run):
 
 # --- output formats ----------------------------------------------------------------------------
 
+
 def test_wav_output_is_16_bit_pcm(run):
     import soundfile
+
     info = soundfile.info(run(duration=1))
     assert (info.format, info.subtype, info.samplerate) == ("WAV", "PCM_16", SAMPLE_RATE)
 
@@ -185,6 +205,7 @@ def test_each_prediction_writes_a_new_file(run):
 
 
 # --- seeds and determinism ---------------------------------------------------------------------
+
 
 def test_the_same_seed_gives_identical_samples(run):
     assert np.array_equal(samples_of(run(seed=11, duration=2)), samples_of(run(seed=11, duration=2)))
@@ -209,8 +230,17 @@ def test_a_random_seed_is_logged_and_reproduces_the_output(run, logs, seed):
 
 def test_nothing_leaks_from_one_request_into_the_next(run, tmp_path):
     reference = samples_of(run(seed=21, duration=2))
-    run(seed=4, duration=3, top_k=0, top_p=0.9, temperature=0.0, classifier_free_guidance=7,
-        multi_band_diffusion=True, output_format="mp3", input_audio=write_tone(tmp_path / "m.wav"))
+    run(
+        seed=4,
+        duration=3,
+        top_k=0,
+        top_p=0.9,
+        temperature=0.0,
+        classifier_free_guidance=7,
+        multi_band_diffusion=True,
+        output_format="mp3",
+        input_audio=write_tone(tmp_path / "m.wav"),
+    )
     assert np.array_equal(samples_of(run(seed=21, duration=2)), reference)
 
 
@@ -221,12 +251,16 @@ def test_every_sampling_rule_runs_and_is_deterministic(run, sampling):
 
 # --- errors, as a user sees them ---------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(prompt=None), "Must provide either prompt or input_audio"),
-    (dict(continuation=True), "Must provide `input_audio` if continuation is `True`."),
-    (dict(top_k=2049), "top_k must be between 0 and the codebook size 2048, got 2049"),
-    (dict(duration=0), "duration must be between 1 and 300 seconds, got 0"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(prompt=None), "Must provide either prompt or input_audio"),
+        (dict(continuation=True), "Must provide `input_audio` if continuation is `True`."),
+        (dict(top_k=2049), "top_k must be between 0 and the codebook size 2048, got 2049"),
+        (dict(duration=0), "duration must be between 1 and 300 seconds, got 0"),
+    ],
+)
 def test_documented_errors(run, overrides, message):
     with pytest.raises(InputError) as caught:
         run(**overrides)
@@ -234,7 +268,7 @@ def test_documented_errors(run, overrides, message):
 
 
 def test_slice_start_after_end_is_the_hosted_error(run, tmp_path):
-    with pytest.raises(InputError, match="^`continuation_start` must be less than or equal to `continuation_end`$"):
+    with pytest.raises(InputError, match=r"^`continuation_start` must be less than or equal to `continuation_end`$"):
         run(input_audio=write_tone(tmp_path / "m.wav"), continuation_start=2, continuation_end=1)
 
 
@@ -246,7 +280,7 @@ def test_slice_start_past_the_clip_is_an_error(run, tmp_path):
 def test_audio_that_is_not_audio_is_an_error(run, tmp_path):
     fake = tmp_path / "fake.mp3"
     fake.write_text("not audio")
-    with pytest.raises(InputError, match="^input_audio could not be decoded"):
+    with pytest.raises(InputError, match=r"^input_audio could not be decoded"):
         run(input_audio=fake)
 
 
@@ -261,11 +295,11 @@ def other_predictor(tiny_weights, tmp_path_factory):
         instance.setup(weights=str(path))
         instance.outputs = OutputFolder(tmp_path_factory.mktemp("outputs"))
         return instance
+
     return build
 
 
 def test_melody_on_a_text_only_model_is_refused(other_predictor, tmp_path):
-    from tests.helpers import DEFAULTS
     predictor = other_predictor(melody=False)
     with pytest.raises(InputError, match="input_audio cannot be used as a melody: this model has no chroma"):
         predictor.predict(**{**DEFAULTS, "input_audio": write_tone(tmp_path / "m.wav")})
@@ -274,22 +308,7 @@ def test_melody_on_a_text_only_model_is_refused(other_predictor, tmp_path):
 
 
 def test_mbd_on_a_stereo_model_is_refused_and_stereo_output_works(other_predictor):
-    from tests.helpers import DEFAULTS
     predictor = other_predictor(stereo=True)
     with pytest.raises(InputError, match="multi_band_diffusion only works with mono"):
         predictor.predict(**{**DEFAULTS, "multi_band_diffusion": True})
     assert samples_of(predictor.predict(**DEFAULTS)).shape == (SAMPLE_RATE, 2)
-
-
-@pytest.mark.parametrize("duration, melody_seconds, expected_seconds", [(8, 45, 30), (8, 20, 20), (40, 100, 70)])
-def test_only_the_melody_that_can_condition_the_output_is_processed(run, predictor, tmp_path, monkeypatch,
-                                                                    duration, melody_seconds, expected_seconds):
-    melody = write_tone(tmp_path / "m.wav", seconds=melody_seconds, sample_rate=8000)
-    musicgen = predictor.model.musicgen
-    lengths = []
-    monkeypatch.setattr(musicgen, "generate_with_chroma",
-                        lambda d, wavs, rate, **k: lengths.append(wavs.shape[-1] / rate) or (_ for _ in ()).throw(
-                            RuntimeError("stop after recording")))
-    with pytest.raises(RuntimeError, match="stop after recording"):
-        run(input_audio=melody, duration=duration)
-    assert lengths == [expected_seconds]

@@ -1,0 +1,51 @@
+"""One prediction, start to finish: check inputs, decode audio, seed, generate, normalize, write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..audio.decoding import decode_audio, slice_audio
+from ..audio.normalization import normalize
+from ..audio.writing import OutputFolder
+from ..model.generation import GenerationRequest, Sampling, generate
+from ..model.loading import LoadedModel
+from .inputs import ModelLimits, PredictionInputs, validate
+from .seeding import resolve_seed, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def limits_of(model: LoadedModel) -> ModelLimits:
+    """What the loaded checkpoint can do, for the input checks that depend on it."""
+    return ModelLimits(model.codebook_size, model.supports_melody, model.supports_mbd)
+
+
+def run_prediction(model: LoadedModel, inputs: PredictionInputs, outputs: OutputFolder) -> Path:
+    """Run `inputs` on `model` and return the path of the new audio file in `outputs`."""
+    started = time.monotonic()
+    validate(inputs, limits_of(model))
+    seed = resolve_seed(inputs.seed)
+    log.info("Using seed %d", seed)
+    clip = None
+    if inputs.input_audio is not None:
+        clip = slice_audio(decode_audio(inputs.input_audio), inputs.continuation_start, inputs.slice_end)
+    seed_everything(seed)
+    wav = generate(
+        model,
+        GenerationRequest(
+            prompt=inputs.prompt,
+            duration=float(inputs.duration),
+            sampling=Sampling(inputs.top_k, inputs.top_p, inputs.temperature, float(inputs.classifier_free_guidance)),
+            melody=clip if not inputs.continuation else None,
+            continue_from=clip if inputs.continuation else None,
+            multi_band_diffusion=inputs.multi_band_diffusion,
+        ),
+    )
+    sample_rate = model.musicgen.sample_rate
+    log.info("normalizing (%s) and encoding %s", inputs.normalization_strategy, inputs.output_format)
+    wav = normalize(wav, sample_rate, inputs.normalization_strategy)
+    path = outputs.write(wav, sample_rate, inputs.output_format, stem=f"musicgen-seed{seed}")
+    log.info("wrote %s (%.2f s of audio) in %.1f s", path.name, wav.shape[-1] / sample_rate, time.monotonic() - started)
+    return path

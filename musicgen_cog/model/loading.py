@@ -1,0 +1,176 @@
+"""Building MusicGen from a checkpoint and the base assets of a weights folder.
+
+Two checkpoint formats are read, both only through `weights.checkpoints.load_checkpoint`:
+- a fine-tune from the hosted trainer: one file `{'xp.cfg', 'model'}` holding the LM only;
+- an audiocraft model folder: `state_dict.bin` (`{'xp.cfg', 'best_state'}`) and
+  `compression_state_dict.bin`, as `facebook/musicgen-melody` ships.
+The LM is always built from the checkpoint's own `xp.cfg`, never from a hard-coded base.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from audiocraft.models import MusicGen, builders
+from audiocraft.models.encodec import CompressionModel, HFEncodecCompressionModel
+from audiocraft.models.multibanddiffusion import DiffusionProcess, MultiBandDiffusion
+from audiocraft.modules.diffusion_schedule import NoiseSchedule
+from omegaconf import DictConfig, OmegaConf
+from transformers import EncodecModel
+from transformers.initialization import no_init_weights
+
+from ..weights import assets
+from ..weights.checkpoints import CheckpointError, load_checkpoint
+from .fast_decode import StaticCacheDecoder, install_fast_decoder
+
+log = logging.getLogger(__name__)
+
+# Keys the trainer leaves in xp.cfg that only make sense while training (the hosted loader drops them too).
+TRAINING_ONLY_KEYS = (
+    "conditioners.self_wav.chroma_stem.cache_path",
+    "conditioners.self_wav.chroma_chord.cache_path",
+    "conditioners.args.merge_text_conditions_p",
+    "conditioners.args.drop_desc_p",
+)
+PRETRAINED_PREFIX = "//pretrained/"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class LoadedModel:
+    """The MusicGen model plus the MBD decoder that shares its codec, loaded on first use.
+
+    Not thread-safe: predictions run one at a time (coglet's default concurrency of one).
+    """
+
+    musicgen: MusicGen
+    source: Path
+    weights_root: Path
+    decoder: StaticCacheDecoder | None = None  # None: audiocraft's own decoding loop
+    _mbd: MultiBandDiffusion | None = None
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.musicgen.lm.card)
+
+    @property
+    def supports_melody(self) -> bool:
+        """Whether the checkpoint has a chroma conditioner (a melody model)."""
+        return "self_wav" in self.musicgen.lm.condition_provider.conditioners
+
+    @property
+    def supports_mbd(self) -> bool:
+        """MBD decodes the 4 codebooks of mono EnCodec only."""
+        return int(self.musicgen.lm.num_codebooks) == 4
+
+    def mbd(self) -> MultiBandDiffusion:
+        """The MBD decoder, loaded on first use so that a cold boot does not pay for it."""
+        if self._mbd is None:
+            log.info("loading MultiBand Diffusion decoder")
+            self._mbd = load_mbd(self.weights_root, self.musicgen.compression_model, self.musicgen.device)
+        return self._mbd
+
+
+def resolve_lm_source(root: Path, finetune: Path | None) -> Path:
+    """The checkpoint to serve: the given fine-tune, else one baked into the folder, else the base LM."""
+    if finetune is not None:
+        return Path(finetune)
+    baked = root / assets.FINETUNE_FILENAME
+    return baked if baked.is_file() else assets.locate(root, assets.BASE_LM)
+
+
+def load_model(root: Path, finetune: Path | None = None, device: str | None = None) -> LoadedModel:
+    """Build MusicGen from `finetune` (file or audiocraft folder) or the folder's own checkpoints."""
+    device = device or default_device()
+    source = resolve_lm_source(root, finetune)
+    if source.is_dir():
+        package = load_checkpoint(source / "state_dict.bin")
+        state_key, compression_source = "best_state", "folder"
+    else:
+        package = load_checkpoint(source)
+        state_key, compression_source = "model", "config"
+    missing = {"xp.cfg", state_key} - set(package)
+    if missing:
+        raise CheckpointError(f"{source} is not a MusicGen checkpoint: it lacks {', '.join(sorted(missing))}")
+    cfg = _inference_config(package["xp.cfg"], device)
+    _require_conditioner_assets(root, cfg)
+    log.info("building the language model from %s", source)
+    with no_init_weights():  # every weight is overwritten by the checkpoint just below: skip random init
+        lm = builders.get_lm_model(cfg)
+    try:
+        lm.load_state_dict(package[state_key])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not match the model its xp.cfg describes ({exc})") from exc
+    lm.eval()
+    lm.cfg = cfg  # type: ignore[assignment]  # as audiocraft's own loaders attach it
+    if compression_source == "folder":
+        codec = _load_folder_compression(root, source / "compression_state_dict.bin", device)
+    else:
+        codec = _load_pretrained_compression(root, cfg.get("compression_model_checkpoint"), device)
+    musicgen = MusicGen(source.name, codec, lm)
+    return LoadedModel(musicgen, source, root, decoder=install_fast_decoder(musicgen))
+
+
+def _inference_config(raw: Any, device: str) -> DictConfig:
+    cfg = OmegaConf.create(raw)  # a DictConfig in trainer files, a YAML string in exported folders
+    if not isinstance(cfg, DictConfig):
+        raise CheckpointError("xp.cfg is not a mapping")
+    cfg.device = device
+    cfg.dtype = "float32" if device == "cpu" else "float16"
+    for key in TRAINING_ONLY_KEYS:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key)
+        if isinstance(parent, DictConfig) and leaf in parent:
+            OmegaConf.set_struct(parent, False)
+            del parent[leaf]
+    return cfg
+
+
+def _require_conditioner_assets(root: Path, cfg: DictConfig) -> None:
+    models = {str(c.get("model")) for c in (cfg.get("conditioners") or {}).values() if isinstance(c, DictConfig)}
+    if "t5" in models:
+        assets.locate(root, assets.T5)
+    if "chroma_stem" in models:
+        assets.locate(root, assets.HTDEMUCS)
+
+
+def _load_pretrained_compression(root: Path, name: object, device: str) -> CompressionModel:
+    expected = PRETRAINED_PREFIX + assets.ENCODEC.repo_id
+    if str(name).removeprefix(PRETRAINED_PREFIX) != assets.ENCODEC.repo_id:
+        raise CheckpointError(f"this checkpoint's codec is {name!r}; only {expected!r} is supported")
+    snapshot = assets.locate(root, assets.ENCODEC)
+    return HFEncodecCompressionModel(EncodecModel.from_pretrained(snapshot)).to(device).eval()
+
+
+def _load_folder_compression(root: Path, path: Path, device: str) -> CompressionModel:
+    package = load_checkpoint(path)
+    if "pretrained" in package:
+        return _load_pretrained_compression(root, package["pretrained"], device)
+    cfg = OmegaConf.create(package["xp.cfg"])
+    cfg.device = device
+    model = builders.get_compression_model(cfg)
+    model.load_state_dict(package["best_state"])
+    return model.to(device).eval()
+
+
+def load_mbd(root: Path, codec: CompressionModel, device: torch.device | str) -> MultiBandDiffusion:
+    """MBD's per-band U-Nets from the folder, decoding through `codec` (the model's own EnCodec)."""
+    path = assets.locate(root, assets.MBD) / assets.MBD.filenames[0]
+    package = load_checkpoint(path)
+    processes = []
+    for band in range(package["n_bands"]):
+        cfg = package[band]["cfg"]
+        unet = builders.get_diffusion_model(cfg)
+        unet.load_state_dict(package[band]["model_state"])
+        processor = builders.get_processor(cfg=cfg.processor, sample_rate=package["sample_rate"])
+        processor.load_state_dict(package[band]["processor_state"])
+        schedule = NoiseSchedule(**cfg.schedule, sample_processor=processor.to(device), device=device)
+        processes.append(DiffusionProcess(model=unet.to(device).eval(), noise_schedule=schedule))
+    return MultiBandDiffusion(DPs=processes, codec_model=codec)

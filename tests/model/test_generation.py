@@ -1,0 +1,83 @@
+"""generate(): each mode's length, the melody actually processed, the continuation bound, MBD, NaN guard."""
+
+import pytest
+import torch
+
+from musicgen_cog.api.seeding import seed_everything
+from musicgen_cog.audio.decoding import Audio
+from musicgen_cog.errors import InputError
+from musicgen_cog.model.generation import GenerationRequest, Sampling, generate
+from tests.helpers import SAMPLE_RATE, tone
+
+SAMPLING = Sampling(top_k=250, top_p=0.0, temperature=1.0, cfg_coef=3.0)
+
+
+def clip(seconds: float, rate: int = 8000) -> Audio:
+    return Audio(torch.from_numpy(tone(seconds, rate, 1)).T.contiguous(), rate)
+
+
+@pytest.fixture
+def model(predictor):
+    return predictor.model
+
+
+@pytest.mark.parametrize("duration", [1, pytest.param(31, marks=pytest.mark.slow)])
+def test_text_mode_gives_duration_seconds_at_the_model_rate(model, duration):
+    wav = generate(model, GenerationRequest(prompt="jazz", duration=duration, sampling=SAMPLING))
+    assert wav.shape == (1, duration * SAMPLE_RATE) and wav.dtype == torch.float32
+
+
+def test_continuation_gives_the_prompt_then_duration_new_seconds(model):
+    wav = generate(model, GenerationRequest(prompt="jazz", duration=1, sampling=SAMPLING, continue_from=clip(2)))
+    assert wav.shape == (1, 3 * SAMPLE_RATE)
+
+
+def test_a_continuation_prompt_must_leave_room_in_the_window(model):
+    with pytest.raises(InputError, match=r"must be at most 29 s .* continuation_start and continuation_end") as caught:
+        generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING, continue_from=clip(29.5)))
+    assert caught.value.input_name == "input_audio"
+
+
+@pytest.mark.parametrize(
+    "duration, melody_seconds, expected_seconds",
+    [(8, 45, 30), (8, 20, 20), (40, 100, 70)],
+    ids=["one window: cut to it", "shorter than a window: whole", "two windows: each window's reach"],
+)
+def test_only_the_melody_that_can_condition_the_output_is_processed(
+    model, monkeypatch, duration, melody_seconds, expected_seconds
+):
+    lengths = []
+
+    def record_and_stop(descriptions, wavs, rate, **kwargs):
+        lengths.append(wavs.shape[-1] / rate)
+        raise RuntimeError("stop after recording")
+
+    monkeypatch.setattr(model.musicgen, "generate_with_chroma", record_and_stop)
+    with pytest.raises(RuntimeError, match="stop after recording"):
+        generate(model, GenerationRequest(prompt="x", duration=duration, sampling=SAMPLING,
+                                          melody=clip(melody_seconds)))  # fmt: skip
+    assert lengths == [expected_seconds]
+
+
+def test_mbd_decodes_the_tokens_instead_of_the_codec(model, monkeypatch):
+    seed_everything(5)
+    plain = generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING))
+    decoded = []
+    mbd = model.mbd()
+
+    def silence_from(tokens):
+        decoded.append(tokens)
+        return torch.zeros(1, 1, SAMPLE_RATE)
+
+    monkeypatch.setattr(mbd, "tokens_to_wav", silence_from)
+    seed_everything(5)
+    wav = generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING, multi_band_diffusion=True))
+    assert len(decoded) == 1 and decoded[0].shape == (1, 4, 50)
+    assert torch.equal(wav, torch.zeros(1, SAMPLE_RATE)) and not torch.equal(plain, wav)
+
+
+def test_non_finite_audio_from_the_model_is_an_error_not_a_file(model, monkeypatch):
+    nan_codec = model.musicgen.compression_model
+    monkeypatch.setattr(nan_codec, "decode", lambda codes, scale=None: torch.full((1, 1, SAMPLE_RATE), float("nan")))
+    with pytest.raises(RuntimeError, match="the model produced NaN or infinite samples; try again with another seed"):
+        generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING))

@@ -1,0 +1,64 @@
+"""The layering README describes: imports go one way, and checking a request needs no ML library.
+
+api -> model -> audio, weights -> errors, environment, files
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "musicgen_cog"
+# what each folder may import from the package, besides itself and the shared top-level modules
+ALLOWED = {
+    "api": {"model", "audio", "weights"},
+    "model": {"audio", "weights"},
+    "audio": set(),
+    "weights": set(),
+    "commands": {"api", "model", "audio", "weights"},
+}
+SHARED = {"errors", "environment", "files"}
+ML_LIBRARIES = {"torch", "torchaudio", "transformers", "audiocraft", "numpy", "av", "demucs", "xformers"}
+
+
+def package_imports(path: Path) -> set[str]:
+    """The first part below `musicgen_cog` of everything `path` imports from the package."""
+    tree = ast.parse(path.read_text())
+    parts = path.relative_to(ROOT).with_suffix("").parts  # ("musicgen_cog", folder, module)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's own package
+                base = list(parts[: len(parts) - node.level])
+                target = [*base, *(node.module or "").split(".")] if node.module else base
+                names = [target] if node.module else [[*base, alias.name] for alias in node.names]
+            else:
+                names = [(node.module or "").split(".")]
+            found |= {name[1] for name in names if name[0] == "musicgen_cog" and len(name) > 1}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("musicgen_cog.")}
+    return found
+
+
+@pytest.mark.parametrize("folder", sorted(ALLOWED))
+def test_each_folder_imports_only_the_layers_below_it(folder):
+    for module in sorted((PACKAGE / folder).glob("*.py")):
+        reached = package_imports(module) - {folder} - SHARED
+        assert reached <= ALLOWED[folder], f"{module.relative_to(ROOT)} imports {sorted(reached - ALLOWED[folder])}"
+
+
+def test_the_shared_modules_import_nothing_of_the_package():
+    for name in SHARED:
+        assert package_imports(PACKAGE / f"{name}.py") <= {name}, name
+
+
+def test_input_checks_and_input_error_import_no_ml_library():
+    code = "import sys; import musicgen_cog.api.inputs, musicgen_cog.errors; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = {name.split(".")[0] for name in ast.literal_eval(done.stdout)}
+    assert loaded & ML_LIBRARIES == set()
