@@ -8,13 +8,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import requests
 
 from tests.conftest import ROOT
+from tests.loopback import LoopbackServer, Quiet
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -88,7 +88,7 @@ class CogServer:
         self.log.close()
 
 
-class Receiver:
+class Receiver(LoopbackServer):
     """A loopback HTTP server recording what is POSTed (webhooks) or PUT (uploads) to it."""
 
     def __init__(self, delay: float = 0.0):
@@ -96,7 +96,7 @@ class Receiver:
         self.delay = delay
         receiver = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(Quiet, http.server.BaseHTTPRequestHandler):
             def _record(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 time.sleep(receiver.delay)
@@ -107,12 +107,7 @@ class Receiver:
 
             do_POST = do_PUT = _record
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def json_bodies(self) -> list[dict]:
         return [json.loads(body) for method, _, body in self.received if method == "POST"]
@@ -124,7 +119,3 @@ class Receiver:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"receiver never saw what was expected; got {[r[:2] for r in self.received]}")
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import threading
 from pathlib import Path
 
 from musicgen_cog.weights import assets
+from tests.loopback import LoopbackServer, Quiet
 
 LFS_THRESHOLD = 10_000  # the hub stores big files in LFS (sha256 ETag), small ones in git (sha1 ETag)
 
@@ -21,7 +21,7 @@ def commit_for(repo_id: str, generation: int = 0) -> str:
     return hashlib.sha1(f"fake-hub:{repo_id}:{generation}".encode()).hexdigest()
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     def __init__(self, source_root: Path):
         self.files: dict[tuple[str, str], bytes] = {}
         for asset in assets.HUB_ASSETS:
@@ -35,7 +35,7 @@ class FakeHub:
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         hub = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(Quiet, http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_HEAD(self):
@@ -44,12 +44,7 @@ class FakeHub:
             def do_GET(self):
                 hub._answer(self, body=True)
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def htdemucs_url(self) -> str:
         return f"{self.url}/files/{assets.HTDEMUCS.filename}"
@@ -105,7 +100,3 @@ class FakeHub:
             handler.wfile.flush()
             handler.close_connection = True
             handler.connection.shutdown(2)
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

@@ -13,7 +13,6 @@ import math
 import os
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import soundfile
 from musicgen_cog.weights.finetune_source import finetune_cache_path
 from tests.cog_server import CogServer, Receiver
 from tests.helpers import SAMPLE_RATE, tone, write_tone
+from tests.loopback import LoopbackServer, Quiet
 
 REQUEST_LIMIT = 120  # seconds any single request may take before it counts as a hang
 
@@ -375,11 +375,11 @@ def test_a_webhook_receiver_down_or_slow_does_not_stall_predictions(server, rece
             slow.close()
 
 
-class BadWeightsServer:
+class BadWeightsServer(LoopbackServer):
     """Serves COG_WEIGHTS badly: a 404, a 500, or a connection dropped mid-file."""
 
     def __init__(self, mode: str):
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(Quiet, http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 if mode in ("404", "500"):
                     self.send_response(int(mode))
@@ -392,16 +392,8 @@ class BadWeightsServer:
                 self.wfile.write(b"PK" + b"\0" * 1000)
                 self.connection.shutdown(2)
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/trained_model.tar?token=secret"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
+        self.file_url = f"{self.url}/trained_model.tar?token=secret"
 
 
 def setup_failure_logs(weights_dir: Path, cog_weights: str, log_path: Path) -> str:
@@ -425,13 +417,13 @@ def setup_failure_logs(weights_dir: Path, cog_weights: str, log_path: Path) -> s
 def test_a_bad_cog_weights_url_fails_setup_clearly(tiny_weights, schema_file, tmp_path, mode, expected):
     bad = BadWeightsServer(mode)
     try:
-        logs = setup_failure_logs(tiny_weights, bad.url, tmp_path / "server.log")
+        logs = setup_failure_logs(tiny_weights, bad.file_url, tmp_path / "server.log")
     finally:
         bad.close()
     error = next(line for line in logs.splitlines() if "could not download COG_WEIGHTS: " in line)
-    assert expected in error and error.count(bad.url.split("?")[0]) == 1
+    assert expected in error and error.count(bad.file_url.split("?")[0]) == 1
     assert "token=secret" not in logs
-    assert not finetune_cache_path(tiny_weights, bad.url).exists()  # nothing half-fetched is cached
+    assert not finetune_cache_path(tiny_weights, bad.file_url).exists()  # nothing half-fetched is cached
 
 
 @pytest.mark.slow
@@ -479,21 +471,13 @@ def test_an_input_url_with_a_traversal_path_lands_only_in_temp_and_output(server
     site.mkdir()
     write_tone(site / "song.wav")
 
-    class AnyPathServesTheSong(http.server.SimpleHTTPRequestHandler):
+    class AnyPathServesTheSong(Quiet, http.server.SimpleHTTPRequestHandler):
         def translate_path(self, path):
             return str(site / "song.wav")
 
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AnyPathServesTheSong)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/..%2F..%2F..%2Ftmp%2Fescaped.wav"
+    with LoopbackServer(AnyPathServesTheSong) as song_site:
+        url = f"{song_site.url}/..%2F..%2F..%2Ftmp%2Fescaped.wav"
         body = server.predict(input={"prompt": "x", "duration": 1, "input_audio": url}).json()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert body["status"] == "succeeded", body.get("error")
     assert not Path("/tmp/escaped.wav").exists()
     assert next(p.name for p in (server.log_path.parent / "outputs").iterdir()).startswith("musicgen-seed")

@@ -1,47 +1,34 @@
 """COG_WEIGHTS: a path is used in place; a URL is fetched once, atomically, into the cache."""
 
-import functools
 import http.server
-import threading
 
 import pytest
 
 from musicgen_cog.model.loading import load_model
 from musicgen_cog.weights.checkpoints import CheckpointError
 from musicgen_cog.weights.finetune_source import finetune_cache_path, resolve_finetune
+from tests.loopback import LoopbackServer, Quiet
 
 
-class FileServer:
-    """A loopback HTTP server serving one folder, counting the GET requests it answers."""
+class FileServer(LoopbackServer):
+    """Serves one folder on loopback, counting the GET requests it answers."""
 
     def __init__(self, folder):
         self.requests = 0
-        handler = functools.partial(self.Handler, self, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        site = self
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, site: "FileServer", *args, **kwargs):
-            self.site = site
-            super().__init__(*args, **kwargs)
+        class Handler(Quiet, http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(folder), **kwargs)
 
-        def do_GET(self):
-            self.site.requests += 1
-            super().do_GET()
+            def do_GET(self):
+                site.requests += 1
+                super().do_GET()
 
-        def log_message(self, *args):
-            pass
+        super().__init__(Handler)
 
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def file_url(self, name: str) -> str:
+        return f"{self.url}/{name}"
 
 
 def test_none_and_the_cog_placeholder_mean_the_folders_own_checkpoint(tmp_path):
@@ -64,7 +51,7 @@ def test_a_missing_local_path_is_named(tmp_path):
 def test_a_url_is_downloaded_once_then_served_from_the_cache(tiny_weights, tmp_path):
     root = tmp_path / "root"
     with FileServer(tiny_weights) as server:
-        url = server.url("trained_model.tar") + "?token=secret"
+        url = server.file_url("trained_model.tar") + "?token=secret"
         first = resolve_finetune(url, root)
         second = resolve_finetune(url, root)
         assert server.requests == 1
@@ -77,10 +64,10 @@ def test_a_url_is_downloaded_once_then_served_from_the_cache(tiny_weights, tmp_p
 def test_a_url_that_fails_is_a_clear_error_and_caches_nothing(tmp_path):
     root = tmp_path / "root"
     with FileServer(tmp_path) as server:
-        url = server.url("missing.tar?sig=abc")
+        url = server.file_url("missing.tar?sig=abc")
         with pytest.raises(CheckpointError) as caught:
             resolve_finetune(url, root)
     message = str(caught.value)
-    assert message == f"could not download COG_WEIGHTS: {server.url('missing.tar')} answered HTTP 404"
+    assert message == f"could not download COG_WEIGHTS: {server.file_url('missing.tar')} answered HTTP 404"
     assert "sig=abc" not in message  # signed query strings stay out of logs
     assert not finetune_cache_path(root, url).exists()
