@@ -48,8 +48,8 @@ def read_predictor(module: str = "predict", predictor: str = "Predictor") -> Any
 
 
 def type_name(info: Any, name: str) -> str:
-    """The JSON type of input `name` (`integer`, `string`...)."""
-    return str(info.inputs[name].type.primitive.json_type()["type"])
+    """cog's name for the type of input `name` (`integer`, `float`, `path`...)."""
+    return str(info.inputs[name].type.primitive.name.lower())
 
 
 def check_inputs(info: Any, values: dict[str, Any]) -> dict[str, Any]:

@@ -45,19 +45,17 @@ def test_the_default_output_is_output_dot_format_in_the_current_folder(tiny_weig
 
 
 @pytest.mark.parametrize(
-    "pair, message",
-    [
-        ("output_format=ogg", "output_format does not match choices ['wav', 'mp3'] (output_format expects string)"),
-        ("continuation_end=-2", "continuation_end fails constraint >= -1 (continuation_end expects integer)"),
-        ("duration=eight", "duration: invalid literal for int() with base 10: 'eight' (duration expects integer)"),
-    ],
-)
-def test_schema_violations_are_refused_before_loading_anything(pair, message, monkeypatch):
+    "pair, name, kind",
+    [("output_format=ogg", "output_format", "string"), ("continuation_end=-2", "continuation_end", "integer"),
+     ("duration=eight", "duration", "integer"), ("top_p=high", "top_p", "float")],
+)  # fmt: skip
+def test_schema_violations_are_refused_before_loading_anything(pair, name, kind, monkeypatch):
     def must_not_load(self, weights=None):
         pytest.fail("the model was loaded before the inputs were checked")
 
     monkeypatch.setattr("predict.Predictor.setup", must_not_load)
-    assert error_of("-i", "prompt=x", "-i", pair) == f"error: {message}"
+    error = error_of("-i", "prompt=x", "-i", pair)  # cog's own reason sits between these two
+    assert error.startswith(f"error: {name}") and error.endswith(f"({name} expects {kind})")
 
 
 def test_predictor_checks_give_a_one_line_error(tiny_weights):
