@@ -17,8 +17,6 @@ import time
 from musicgen_cog import environment
 from musicgen_cog.weights import random_weights
 
-ROOT = environment.REPO_ROOT
-
 
 def measured_bandwidth(torch) -> float:
     """Device memory bandwidth in bytes/s from large copies (read + write)."""
@@ -35,9 +33,7 @@ def measured_bandwidth(torch) -> float:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else None
-    root = environment.configure(ROOT / ".cache" / f"bench-tiny-{random_weights.generator_version()}")
-    if not (root / "trained_model.tar").is_file():
-        random_weights.write_weights_folder(root, "tiny")
+    root = random_weights.ensure_weights_folder(environment.configure(random_weights.cached_tiny_folder()))
     import torch
     from audiocraft.models import MusicGen, builders
     from omegaconf import OmegaConf

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 from musicgen_cog import environment  # noqa: E402
 from musicgen_cog.weights import random_weights  # noqa: E402
 
-TINY_WEIGHTS = ROOT / ".cache" / f"tiny-weights-{random_weights.generator_version()}"
+TINY_WEIGHTS = random_weights.cached_tiny_folder()
 environment.configure(TINY_WEIGHTS)
 
 from musicgen_cog.audio.writing import OutputFolder  # noqa: E402
@@ -39,11 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_weights() -> Path:
     """A complete random weights folder (base assets, base LM, fine-tune), built once and reused."""
-    # The fine-tune is written last and atomically: its presence means the folder is complete.
-    if not (TINY_WEIGHTS / "trained_model.tar").is_file():
-        shutil.rmtree(TINY_WEIGHTS, ignore_errors=True)
-        random_weights.write_weights_folder(TINY_WEIGHTS)
-    return TINY_WEIGHTS
+    return random_weights.ensure_weights_folder(TINY_WEIGHTS)
 
 
 @pytest.fixture(scope="session")

@@ -152,6 +152,23 @@ def write_weights_folder(root: Path, size: str = "tiny", finetune: bool = True) 
     return root
 
 
+def cached_tiny_folder() -> Path:
+    """Where the tests and the benches keep their tiny random weights: rebuilt when this file changes."""
+    return environment.REPO_ROOT / ".cache" / f"tiny-weights-{generator_version()}"
+
+
+def ensure_weights_folder(root: Path, size: str = "tiny") -> Path:
+    """`root` as a complete random weights folder: written once, then reused as it is.
+
+    The fine-tune is written last and atomically, so its presence means the folder is whole;
+    without it, whatever an interrupted run left is removed and the folder written anew.
+    """
+    if not (root / assets.FINETUNE_FILENAME).is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        write_weights_folder(root, size)
+    return root
+
+
 def write_finetune(path: Path, size: LMSize = SIZES["tiny"], stereo: bool = False, melody: bool = True) -> Path:
     """A fine-tune as the hosted trainer saves it: `torch.save({'xp.cfg': DictConfig, 'model': lm_state})`."""
     import torch
