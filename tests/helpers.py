@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import soundfile
 
-# Every input of the hosted API with its hosted default (prompt set so that text mode works).
-DEFAULTS = dict(
+# Every input of the hosted API, as Cog passes them all to predict(): hosted defaults, except a prompt
+# (text mode needs one), 1 s (quick) and seed 1 (repeatable).
+DEFAULTS: dict[str, Any] = dict(
     prompt="calm piano",
     input_audio=None,
     duration=1,
@@ -32,6 +33,11 @@ DEFAULTS = dict(
 
 SAMPLE_RATE = 32000
 HOSTED_API = json.loads((Path(__file__).parent / "data" / "hosted_api.json").read_text())
+
+
+def samples_per_frame(musicgen: Any) -> int:
+    """Audio samples per codec frame (one token per codebook): 640 for EnCodec 32 kHz at 50 Hz."""
+    return int(musicgen.sample_rate // musicgen.frame_rate)
 
 
 def decoding_steps(musicgen: Any, seconds: float) -> int:

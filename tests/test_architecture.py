@@ -1,6 +1,7 @@
 """The layering README describes: imports go one way, and checking a request needs no ML library.
 
-api -> model -> audio, weights -> errors, environment, files
+commands -> api -> model -> audio, weights -> errors, environment, files
+(a folder may also skip layers downwards: api uses audio and weights directly)
 """
 
 import ast
@@ -36,6 +37,8 @@ def package_imports(path: Path) -> set[str]:
                 base = list(parts[: len(parts) - node.level])
                 target = [*base, *(node.module or "").split(".")] if node.module else base
                 names = [target] if node.module else [[*base, alias.name] for alias in node.names]
+            elif node.module == "musicgen_cog":  # `from musicgen_cog import api`
+                names = [["musicgen_cog", alias.name] for alias in node.names]
             else:
                 names = [(node.module or "").split(".")]
             found |= {name[1] for name in names if name[0] == "musicgen_cog" and len(name) > 1}

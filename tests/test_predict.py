@@ -11,9 +11,17 @@ from musicgen_cog.audio.normalization import db_to_gain
 from musicgen_cog.audio.writing import OutputFolder
 from musicgen_cog.errors import InputError
 from musicgen_cog.weights.random_weights import write_finetune
-from tests.helpers import DEFAULTS, SAMPLE_RATE, decoding_steps, ffmpeg_loudness, read_audio, tone, write_tone
+from tests.helpers import (
+    DEFAULTS,
+    SAMPLE_RATE,
+    decoding_steps,
+    ffmpeg_loudness,
+    read_audio,
+    samples_per_frame,
+    tone,
+    write_tone,
+)
 
-FRAME = SAMPLE_RATE // 50  # one EnCodec frame: 640 samples
 WINDOWED = pytest.mark.slow  # generations past the 30 s window: many seconds each
 
 
@@ -42,10 +50,10 @@ def test_text_mode_progress_and_seed_are_in_the_logs(run, predictor, logs):
 
 
 @WINDOWED
-def test_windowed_generation_reports_steps_over_all_windows(run, logs):
+def test_windowed_generation_reports_steps_over_all_windows(run, predictor, logs):
     run(duration=31)
     planned, decoded = final_progress(logs)
-    assert planned == decoded and int(planned) > 31 * 50
+    assert planned == decoded and int(planned) > 31 * predictor.model.musicgen.frame_rate
 
 
 # --- melody mode -------------------------------------------------------------------------------
@@ -131,10 +139,12 @@ def final_progress(logs) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("seconds, rate", [(2.5, 48000), (1.37, 44100), (3.0, 22050)])
-def test_continuation_of_a_fractional_slice_keeps_its_length_and_exact_progress(run, tmp_path, logs, seconds, rate):
+def test_continuation_of_a_fractional_slice_keeps_its_length_and_exact_progress(
+    run, predictor, tmp_path, logs, seconds, rate
+):
     audio = write_tone(tmp_path / "c.wav", seconds=seconds, sample_rate=rate, channels=2)
     out = samples_of(run(input_audio=audio, continuation=True, duration=1))
-    assert abs(out.shape[0] - int((seconds + 1) * SAMPLE_RATE)) <= FRAME
+    assert abs(out.shape[0] - int((seconds + 1) * SAMPLE_RATE)) <= samples_per_frame(predictor.model.musicgen)
     planned, decoded = final_progress(logs)
     assert planned == decoded
 
@@ -312,3 +322,21 @@ def test_mbd_on_a_stereo_model_is_refused_and_stereo_output_works(other_predicto
     with pytest.raises(InputError, match="multi_band_diffusion only works with mono"):
         predictor.predict(**{**DEFAULTS, "multi_band_diffusion": True})
     assert samples_of(predictor.predict(**DEFAULTS)).shape == (SAMPLE_RATE, 2)
+
+
+def test_setup_fixes_the_heap_threshold_and_every_prediction_trims_even_a_failed_one(
+    tiny_weights, tmp_path, monkeypatch
+):
+    """The memory settings the soak depends on (musicgen_cog/api/memory.py) are really wired in."""
+    import predict
+
+    calls = []
+    monkeypatch.setattr(predict, "fix_mmap_threshold", lambda: calls.append("fix threshold"))
+    monkeypatch.setattr(predict, "release_freed_memory", lambda: calls.append("trim"))
+    instance = predict.Predictor()
+    instance.setup(weights=None)
+    instance.outputs = OutputFolder(tmp_path)
+    instance.predict(**DEFAULTS)
+    with pytest.raises(InputError):
+        instance.predict(**{**DEFAULTS, "top_k": 5000})
+    assert calls == ["fix threshold", "trim", "trim"]

@@ -10,6 +10,7 @@ import cog
 import pytest
 
 from musicgen_cog.api.cog_schema import InputCheckError, build_schema, check_inputs, read_predictor, write_schema
+from musicgen_cog.audio.choices import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS
 from tests.helpers import HOSTED_API
 
 
@@ -32,7 +33,9 @@ def test_cogs_private_inspector_still_offers_what_we_read(info):
 
 def test_the_inputs_are_read_in_predict_py_order_with_their_declarations(info):
     assert list(info.inputs) == [field["name"] for field in HOSTED_API["inputs"]]
-    assert info.inputs["normalization_strategy"].choices == ["loudness", "clip", "peak", "rms"]
+    # predict.py spells its choices out (cog build's parser reads literals); they are what the audio code offers
+    assert info.inputs["normalization_strategy"].choices == list(NORMALIZATION_STRATEGIES)
+    assert info.inputs["output_format"].choices == list(OUTPUT_FORMATS)
     assert (info.inputs["continuation_end"].ge, info.inputs["duration"].default) == (-1, 8)
 
 

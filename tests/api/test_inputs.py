@@ -6,6 +6,7 @@ import pytest
 
 from musicgen_cog.api.inputs import ModelLimits, PredictionInputs, validate
 from musicgen_cog.errors import InputError
+from tests.helpers import HOSTED_API
 
 MELODY_MODEL = ModelLimits(codebook_size=2048, supports_melody=True, supports_mbd=True)
 AUDIO = Path("clip.wav")
@@ -19,19 +20,8 @@ def error_of(limits=MELODY_MODEL, **fields) -> str:
 
 def test_defaults_are_the_hosted_ones():
     inputs = PredictionInputs()
-    assert (inputs.duration, inputs.continuation, inputs.continuation_start, inputs.continuation_end) == (
-        8,
-        False,
-        0,
-        None,
-    )
-    assert (inputs.multi_band_diffusion, inputs.normalization_strategy, inputs.output_format) == (
-        False,
-        "loudness",
-        "wav",
-    )
-    assert (inputs.top_k, inputs.top_p, inputs.temperature, inputs.classifier_free_guidance) == (250, 0.0, 1.0, 3)
-    assert inputs.seed is None and inputs.prompt is None and inputs.input_audio is None
+    for field in HOSTED_API["inputs"]:  # an input without a hosted default is optional: None
+        assert getattr(inputs, field["name"]) == field.get("default"), field["name"]
 
 
 def test_prompt_or_audio_is_required_with_the_hosted_message():

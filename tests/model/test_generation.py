@@ -21,10 +21,9 @@ def model(predictor):
     return predictor.model
 
 
-@pytest.mark.parametrize("duration", [1, pytest.param(31, marks=pytest.mark.slow)])
-def test_text_mode_gives_duration_seconds_at_the_model_rate(model, duration):
-    wav = generate(model, GenerationRequest(prompt="jazz", duration=duration, sampling=SAMPLING))
-    assert wav.shape == (1, duration * SAMPLE_RATE) and wav.dtype == torch.float32
+def test_text_mode_gives_duration_seconds_at_the_model_rate(model):
+    wav = generate(model, GenerationRequest(prompt="jazz", duration=2, sampling=SAMPLING))
+    assert wav.shape == (1, 2 * SAMPLE_RATE) and wav.dtype == torch.float32
 
 
 def test_continuation_gives_the_prompt_then_duration_new_seconds(model):
@@ -72,7 +71,8 @@ def test_mbd_decodes_the_tokens_instead_of_the_codec(model, monkeypatch):
     monkeypatch.setattr(mbd, "tokens_to_wav", silence_from)
     seed_everything(5)
     wav = generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING, multi_band_diffusion=True))
-    assert len(decoded) == 1 and decoded[0].shape == (1, 4, 50)
+    lm = model.musicgen.lm
+    assert len(decoded) == 1 and decoded[0].shape == (1, lm.num_codebooks, model.musicgen.frame_rate)
     assert torch.equal(wav, torch.zeros(1, SAMPLE_RATE)) and not torch.equal(plain, wav)
 
 

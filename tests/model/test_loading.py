@@ -12,7 +12,7 @@ from musicgen_cog.weights import assets
 from musicgen_cog.weights.assets import AssetError
 from musicgen_cog.weights.checkpoints import CheckpointError
 from musicgen_cog.weights.random_weights import write_finetune
-from tests.helpers import copy_without
+from tests.helpers import copy_without, samples_per_frame
 
 
 def test_the_baked_fine_tune_is_served_when_no_weights_are_given(tiny_weights):
@@ -112,9 +112,9 @@ def test_mbd_decodes_tokens_through_the_models_own_codec(tiny_weights):
     model = load_model(tiny_weights)
     mbd = load_mbd(tiny_weights, model.musicgen.compression_model, "cpu")
     assert mbd.codec_model is model.musicgen.compression_model and len(mbd.DPs) == 4
-    tokens = torch.randint(0, 2048, (1, 4, 25))
+    tokens = torch.randint(0, model.codebook_size, (1, model.musicgen.lm.num_codebooks, 25))
     wav = mbd.tokens_to_wav(tokens)
-    assert wav.shape == (1, 1, 25 * 640) and torch.isfinite(wav).all()
+    assert wav.shape == (1, 1, 25 * samples_per_frame(model.musicgen)) and torch.isfinite(wav).all()
 
 
 def test_skipping_random_init_gives_exactly_the_checkpoints_model(tiny_weights):

@@ -8,12 +8,6 @@ from musicgen_cog.weights.assets import AssetError
 from tests.helpers import copy_without
 
 
-def test_every_asset_is_listed_once_and_hub_assets_are_the_hub_cache_ones():
-    assert len(set(assets.ALL_ASSETS)) == len(assets.ALL_ASSETS) == 5
-    assert all(isinstance(asset, assets.HubAsset) for asset in assets.HUB_ASSETS)
-    assert set(assets.ALL_ASSETS) - set(assets.HUB_ASSETS) == {assets.HTDEMUCS}
-
-
 def test_paths_follow_the_caches_the_libraries_read_offline(tmp_path):
     assert assets.hub_repo_dir(tmp_path, assets.ENCODEC) == (
         environment.hf_cache_dir(tmp_path) / "models--facebook--encodec_32khz"
