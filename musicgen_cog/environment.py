@@ -56,7 +56,7 @@ def configure(root: Path | None = None, offline: bool = True) -> Path:
 # Warnings that are expected and that no user of this server can act on: (message regex, category).
 KNOWN_HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # Cog 0.20 renamed BasePredictor/predict to BaseRunner/run and warns on the old names;
-    # the mission (and Replicate's docs) name predict.py's Predictor, so we keep them.
+    # this project's brief and Replicate's own docs name predict.py's Predictor, so we keep them.
     ("BasePredictor is deprecated", DeprecationWarning),
     (r".*\.predict\(\) is deprecated", DeprecationWarning),
     # pydub (mp3 export) imports audioop, deprecated since Python 3.11 and removed in 3.13; we run 3.11.

@@ -3,9 +3,9 @@
 glibc serves blocks above its mmap threshold with their own mappings, returned to the OS on free,
 but by default it raises that threshold (up to 32 MiB) whenever such a block is freed. Audio
 buffers, htdemucs stems and conditioning tensors then come from the malloc arenas instead, whose
-free space fragments: measured over a 400-request soak of mixed requests, the worker's anonymous
+free space fragments: measured over a 400-request soak of mixed requests, the server's anonymous
 memory went up and down between 780 and 870 MB, in steps. With the threshold fixed at 1 MiB it
-stayed between 611 and 619 MB. coglet runs predictions on a worker thread with an arena of its
+stayed between 608 and 627 MB. coglet runs predictions on a worker thread with an arena of its
 own; `malloc_trim(0)` after each prediction hands back what is free in every arena.
 """
 
