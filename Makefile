@@ -7,6 +7,9 @@ WEIGHTS_DIR ?= weights
 TINY_WEIGHTS_DIR ?= .cache/tiny-weights
 PROMPT ?= lofi hip hop beat with warm piano
 PORT ?= 5000
+# predictions served at once; an image built by `cog build` takes it from predict.py's @concurrent(max=8),
+# a server started here reads only COG_MAX_CONCURRENCY
+CONCURRENCY ?= 8
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export WEIGHTS_DIR
 
@@ -51,8 +54,9 @@ demo: setup  ## fresh machine, no weights: tiny random weights, then one predict
 	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.commands.tiny_weights $(TINY_WEIGHTS_DIR)
 	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.commands.cog_predict -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
 
-bench: setup  ## benchmarks (figures go in docs/benchmarks.md): cold boot, then decoding speed (last line: speedup)
+bench: setup  ## benchmarks (figures go in docs/benchmarks.md): cold boot, concurrency, decoding speed (last line: speedup)
 	$(PY) -m bench.setup_time
+	$(PY) -m bench.concurrency
 	$(PY) -m bench.decode_speed
 
 schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
@@ -60,7 +64,7 @@ schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build`
 
 serve: schema  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
 	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=predict.py:Predictor PORT=$(PORT) \
-	  $(PY) -m cog.server.http --host 127.0.0.1 $(SERVE_ARGS)
+	  COG_MAX_CONCURRENCY=$(CONCURRENCY) $(PY) -m cog.server.http --host 127.0.0.1 $(SERVE_ARGS)
 
 lock:  ## re-resolve the stack into requirements.txt (review the diff before committing)
 	rm -rf /tmp/musicgen-lock && $(PYTHON) -m venv /tmp/musicgen-lock

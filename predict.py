@@ -1,18 +1,22 @@
 """Cog predictor replicating the hosted `fofr/musicgen-triohatala` API: schema and glue only.
 
-Loading lives in musicgen_cog/model/loading.py, the request flow in musicgen_cog/api/pipeline.py.
+Loading lives in musicgen_cog/model/loading.py, the request flow in musicgen_cog/api/pipeline.py;
+concurrent predictions share one decoding loop (musicgen_cog/model/decoding_loop.py).
 """
 
 import os
 import tempfile
+import threading
+from functools import partial
 from typing import Optional
 
 from musicgen_cog import environment
 
 environment.configure()  # before audiocraft/transformers import: offline, local weights only
 
-from cog import BasePredictor, Input, Path  # noqa: E402
+from cog import BasePredictor, Input, Path, concurrent  # noqa: E402
 
+from musicgen_cog.api.concurrency import RequestThreads, concurrency_limit  # noqa: E402
 from musicgen_cog.api.inputs import PredictionInputs  # noqa: E402
 from musicgen_cog.api.logs import configure_logging  # noqa: E402
 from musicgen_cog.api.memory import fix_mmap_threshold, release_freed_memory  # noqa: E402
@@ -21,6 +25,8 @@ from musicgen_cog.audio.writing import OutputFolder  # noqa: E402
 from musicgen_cog.model.loading import load_model  # noqa: E402
 from musicgen_cog.weights.finetune_source import resolve_finetune  # noqa: E402
 
+MAX_CONCURRENCY = concurrency_limit()
+
 
 class Predictor(BasePredictor):
     def setup(self, weights: Optional[str] = None) -> None:
@@ -28,10 +34,13 @@ class Predictor(BasePredictor):
         configure_logging()
         fix_mmap_threshold()  # a long-running server's heap stays flat (musicgen_cog/api/memory.py)
         root = environment.weights_dir()
-        self.model = load_model(root, resolve_finetune(weights, root))
-        self.outputs = OutputFolder(os.environ.get("MUSICGEN_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "musicgen")
+        self.model = load_model(root, resolve_finetune(weights, root), slots=MAX_CONCURRENCY)
+        output_dir = os.environ.get("MUSICGEN_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "musicgen"
+        self.outputs = OutputFolder(output_dir, keep=2 * MAX_CONCURRENCY)
+        self.threads = RequestThreads(MAX_CONCURRENCY)
 
-    def predict(
+    @concurrent(max=8)  # a literal for `cog build`'s parser: DEFAULT_CONCURRENCY (tests/test_predict.py checks)
+    async def predict(
         self,
         prompt: Optional[str] = Input(description="A description of the music you want to generate.", default=None),
         input_audio: Optional[Path] = Input(
@@ -102,7 +111,10 @@ class Predictor(BasePredictor):
             output_format=output_format,
             seed=seed,
         )
+        return Path(await self.threads.run(partial(self._run, inputs)))
+
+    def _run(self, inputs: PredictionInputs, cancelled: threading.Event) -> Path:
         try:
-            return Path(run_prediction(self.model, inputs, self.outputs))
+            return run_prediction(self.model, inputs, self.outputs, cancelled)
         finally:
             release_freed_memory()

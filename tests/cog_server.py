@@ -13,6 +13,7 @@ from pathlib import Path
 
 import requests
 
+from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
 from tests.conftest import ROOT
 from tests.loopback import LoopbackServer, Quiet
 
@@ -32,6 +33,8 @@ class CogServer:
             "WEIGHTS_DIR": str(weights_dir),
             "MUSICGEN_OUTPUT_DIR": str(log_path.parent / "outputs"),
             "OMP_NUM_THREADS": "1",
+            # what `cog build` bakes into an image from predict.py's @concurrent; coglet reads only this
+            "COG_MAX_CONCURRENCY": str(DEFAULT_CONCURRENCY),
             **(env or {}),
         }
         self.log = open(log_path, "w")  # noqa: SIM115 (the server writes it until stop())
@@ -77,6 +80,29 @@ class CogServer:
         if when_ready:
             self.wait_for("READY", timeout=60)
         return requests.post(f"{self.url}/predictions", json=body, headers=headers, timeout=timeout)
+
+    def start(self, prediction_id: str, receiver: Receiver, **prediction_input) -> None:
+        """Start an async prediction whose webhooks go to `receiver`."""
+        response = self.predict(
+            headers={"Prefer": "respond-async"},
+            id=prediction_id,
+            input=prediction_input,
+            webhook=f"{receiver.url}/hook",
+            when_ready=False,
+        )
+        assert response.status_code == 202, response.text
+
+    def cancel_mid_way(self, prediction_id: str, receiver: Receiver) -> float:
+        """Once `prediction_id` logs decoding progress, cancel it; seconds until it reports canceled."""
+
+        def of_it(r: Receiver) -> list[dict]:
+            return [b for b in r.json_bodies() if b["id"] == prediction_id]
+
+        receiver.wait_for(lambda r: any("generation:" in (b.get("logs") or "") for b in of_it(r)))
+        cancelled_at = time.monotonic()
+        assert requests.post(f"{self.url}/predictions/{prediction_id}/cancel", timeout=10).status_code == 200
+        receiver.wait_for(lambda r: any(b["status"] == "canceled" for b in of_it(r)), timeout=30)
+        return time.monotonic() - cancelled_at
 
     def stop(self) -> None:
         self.process.terminate()

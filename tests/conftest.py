@@ -26,7 +26,7 @@ TINY_WEIGHTS = random_weights.cached_tiny_folder()
 environment.configure(TINY_WEIGHTS)
 
 from musicgen_cog.audio.writing import OutputFolder  # noqa: E402
-from tests.helpers import DEFAULTS  # noqa: E402
+from tests.helpers import DEFAULTS, predict_now  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -83,7 +83,7 @@ def run(predictor: Any, tmp_path: Path) -> Callable[..., Path]:
     def call(**overrides: Any) -> Path:
         unknown = set(overrides) - set(DEFAULTS)
         assert not unknown, f"not an input of the API: {unknown}"
-        return Path(predictor.predict(**{**DEFAULTS, **overrides}))
+        return predict_now(predictor, **{**DEFAULTS, **overrides})
 
     return call
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -33,6 +34,11 @@ DEFAULTS: dict[str, Any] = dict(
 
 SAMPLE_RATE = 32000
 HOSTED_API = json.loads((Path(__file__).parent / "data" / "hosted_api.json").read_text())
+
+
+def predict_now(predictor: Any, **inputs: Any) -> Path:
+    """Run `predictor.predict` (a coroutine: Cog runs several at once) to its end, as Cog would."""
+    return Path(asyncio.run(predictor.predict(**inputs)))
 
 
 def samples_per_frame(musicgen: Any) -> int:

@@ -6,7 +6,10 @@ determinism, never musical quality.
 
 import numpy as np
 import pytest
+import torch
+from audiocraft.data.audio_utils import convert_audio
 
+from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
 from musicgen_cog.audio.normalization import db_to_gain
 from musicgen_cog.audio.writing import OutputFolder
 from musicgen_cog.errors import InputError
@@ -16,6 +19,7 @@ from tests.helpers import (
     SAMPLE_RATE,
     decoding_steps,
     ffmpeg_loudness,
+    predict_now,
     read_audio,
     samples_per_frame,
     tone,
@@ -97,18 +101,21 @@ def test_melody_slice_is_what_conditions_generation(run, predictor, tmp_path, mo
     soundfile.write(melody, np.concatenate([first, second]), rate, subtype="FLOAT")
     musicgen = predictor.model.musicgen
     received = []
-    original = musicgen.generate_with_chroma
+    original = musicgen._prepare_tokens_and_attributes
 
-    def spy(descriptions, melody_wavs, melody_sample_rate, **kwargs):
-        received.append((melody_wavs.clone(), melody_sample_rate))
-        return original(descriptions, melody_wavs, melody_sample_rate, **kwargs)
+    def spy(descriptions, prompt, melody_wavs=None):
+        received.append(melody_wavs[0].clone())
+        return original(descriptions, prompt, melody_wavs)
 
-    monkeypatch.setattr(musicgen, "generate_with_chroma", spy)
+    monkeypatch.setattr(musicgen, "_prepare_tokens_and_attributes", spy)
     run(input_audio=melody, duration=1, continuation_start=2)
     run(input_audio=melody, duration=1, continuation_end=2)
-    (late, late_rate), (early, _) = received
-    assert late_rate == rate and late.shape == early.shape == (1, 1, 2 * rate)
-    assert np.array_equal(late[0].numpy().T, second) and np.array_equal(early[0].numpy().T, first)
+    late, early = received
+    expected_late, expected_early = (
+        convert_audio(torch.from_numpy(p).T, rate, SAMPLE_RATE, 1) for p in (second, first)
+    )
+    assert late.shape == early.shape == (1, 2 * SAMPLE_RATE)
+    assert torch.equal(late, expected_late) and torch.equal(early, expected_early)
 
 
 # --- continuation ------------------------------------------------------------------------------
@@ -312,16 +319,16 @@ def other_predictor(tiny_weights, tmp_path_factory):
 def test_melody_on_a_text_only_model_is_refused(other_predictor, tmp_path):
     predictor = other_predictor(melody=False)
     with pytest.raises(InputError, match="input_audio cannot be used as a melody: this model has no chroma"):
-        predictor.predict(**{**DEFAULTS, "input_audio": write_tone(tmp_path / "m.wav")})
-    out = predictor.predict(**{**DEFAULTS, "input_audio": write_tone(tmp_path / "m.wav"), "continuation": True})
+        predict_now(predictor, **{**DEFAULTS, "input_audio": write_tone(tmp_path / "m.wav")})
+    out = predict_now(predictor, **{**DEFAULTS, "input_audio": write_tone(tmp_path / "m.wav"), "continuation": True})
     assert samples_of(out).shape == (3 * SAMPLE_RATE, 1)
 
 
 def test_mbd_on_a_stereo_model_is_refused_and_stereo_output_works(other_predictor):
     predictor = other_predictor(stereo=True)
     with pytest.raises(InputError, match="multi_band_diffusion only works with mono"):
-        predictor.predict(**{**DEFAULTS, "multi_band_diffusion": True})
-    assert samples_of(predictor.predict(**DEFAULTS)).shape == (SAMPLE_RATE, 2)
+        predict_now(predictor, **{**DEFAULTS, "multi_band_diffusion": True})
+    assert samples_of(predict_now(predictor, **DEFAULTS)).shape == (SAMPLE_RATE, 2)
 
 
 def test_setup_fixes_the_heap_threshold_and_every_prediction_trims_even_a_failed_one(
@@ -336,7 +343,14 @@ def test_setup_fixes_the_heap_threshold_and_every_prediction_trims_even_a_failed
     instance = predict.Predictor()
     instance.setup(weights=None)
     instance.outputs = OutputFolder(tmp_path)
-    instance.predict(**DEFAULTS)
+    predict_now(instance, **DEFAULTS)
     with pytest.raises(InputError):
-        instance.predict(**{**DEFAULTS, "top_k": 5000})
+        predict_now(instance, **{**DEFAULTS, "top_k": 5000})
     assert calls == ["fix threshold", "trim", "trim"]
+
+
+def test_predict_serves_the_default_concurrency_with_a_slot_each(predictor):
+    import predict
+
+    assert predict.Predictor.predict.__cog_concurrent_max__ == DEFAULT_CONCURRENCY == predict.MAX_CONCURRENCY
+    assert predictor.model.loop.slots == DEFAULT_CONCURRENCY

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
 from ..audio.decoding import decode_audio, slice_audio
 from ..audio.normalization import normalize
 from ..audio.writing import OutputFolder
-from ..model.generation import GenerationRequest, Sampling, generate
+from ..model.decoding_loop import GenerationCancelled
+from ..model.generation import GenerationRequest, generate
 from ..model.loading import LoadedModel
+from ..model.randomness import RequestRandomness
+from ..model.sampling import Sampling
 from .inputs import ModelLimits, PredictionInputs, validate
-from .seeding import resolve_seed, seed_everything
+from .seeding import resolve_seed
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +26,11 @@ def limits_of(model: LoadedModel) -> ModelLimits:
     return ModelLimits(model.codebook_size, model.supports_melody, model.supports_mbd)
 
 
-def run_prediction(model: LoadedModel, inputs: PredictionInputs, outputs: OutputFolder) -> Path:
-    """Run `inputs` on `model` and return the path of the new audio file in `outputs`."""
+def run_prediction(
+    model: LoadedModel, inputs: PredictionInputs, outputs: OutputFolder, cancelled: threading.Event | None = None
+) -> Path:
+    """Run `inputs` on `model` and return the path of the new audio file in `outputs`; stop
+    (GenerationCancelled) once `cancelled` is set. Several may run at once, in threads."""
     started = time.monotonic()
     validate(inputs, limits_of(model))
     seed = resolve_seed(inputs.seed)
@@ -31,7 +38,6 @@ def run_prediction(model: LoadedModel, inputs: PredictionInputs, outputs: Output
     clip = None
     if inputs.input_audio is not None:
         clip = slice_audio(decode_audio(inputs.input_audio), inputs.continuation_start, inputs.slice_end)
-    seed_everything(seed)
     wav = generate(
         model,
         GenerationRequest(
@@ -41,11 +47,15 @@ def run_prediction(model: LoadedModel, inputs: PredictionInputs, outputs: Output
             melody=clip if not inputs.continuation else None,
             continue_from=clip if inputs.continuation else None,
             multi_band_diffusion=inputs.multi_band_diffusion,
+            cancelled=cancelled or threading.Event(),
         ),
+        RequestRandomness(seed, model.musicgen.device),
     )
     sample_rate = model.musicgen.sample_rate
     log.info("normalizing (%s) and encoding %s", inputs.normalization_strategy, inputs.output_format)
     wav = normalize(wav, sample_rate, inputs.normalization_strategy)
+    if cancelled is not None and cancelled.is_set():
+        raise GenerationCancelled()  # no file for a prediction nobody waits for
     path = outputs.write(wav, sample_rate, inputs.output_format, stem=f"musicgen-seed{seed}")
     log.info("wrote %s (%.2f s of audio) in %.1f s", path.name, wav.shape[-1] / sample_rate, time.monotonic() - started)
     return path

@@ -1,12 +1,11 @@
-"""Choosing and applying the seed: none or -1 is random, any other value (0 included) is used as is."""
+"""Choosing the seed: none or -1 is random, any other value (0 included) is used as is.
+
+Each request draws from its own streams started from it: musicgen_cog/model/randomness.py.
+"""
 
 from __future__ import annotations
 
-import random
 import secrets
-
-import numpy as np
-import torch
 
 from .inputs import SEED_RANGE
 
@@ -16,11 +15,3 @@ def resolve_seed(seed: int | None) -> int:
     if seed is None or seed == -1:
         return secrets.randbelow(SEED_RANGE[1] + 1)
     return seed
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every generator generation draws from (python, numpy, torch CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    torch.backends.cudnn.deterministic = True

@@ -1,12 +1,14 @@
 """Writing the generated audio: 16-bit PCM wav, or mp3 encoded from it by ffmpeg.
 
 Every file gets a fresh unique name, so an upload never sends a stale file under a
-reused name; `OutputFolder` keeps only the latest prediction's file on disk.
+reused name; `OutputFolder` keeps only the latest predictions' files on disk.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import deque
 from pathlib import Path
 
 import soundfile
@@ -19,22 +21,26 @@ from .choices import OUTPUT_FORMATS
 
 
 class OutputFolder:
-    """The server's output folder, holding only the latest prediction's file.
+    """The server's output folder, holding only the `keep` latest predictions' files.
 
-    Cog sends (or uploads) a returned file before the next prediction starts and never
-    deletes it, so each new prediction removes the previous one's: disk use stays bounded.
-    This relies on one prediction at a time (coglet's default concurrency of one).
+    Cog sends (or uploads) a returned file while its prediction still holds one of the server's
+    concurrency slots, and never deletes it. With `keep` at least twice the concurrency, a new
+    file only ever removes one Cog is done with, and disk use stays bounded.
     """
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, keep: int = 2):
         self.path = Path(path)
-        self._previous: Path | None = None
+        self._kept: deque[Path] = deque()
+        self._keep = keep
+        self._lock = threading.Lock()  # predictions write from threads of their own
 
     def write(self, wav: torch.Tensor, sample_rate: int, output_format: str, stem: str) -> Path:
-        if self._previous is not None:
-            self._previous.unlink(missing_ok=True)
-        self._previous = write_audio(wav, sample_rate, output_format, self.path, stem)
-        return self._previous
+        written = write_audio(wav, sample_rate, output_format, self.path, stem)
+        with self._lock:
+            self._kept.append(written)
+            while len(self._kept) > self._keep:
+                self._kept.popleft().unlink(missing_ok=True)
+        return written
 
 
 class EncodingError(RuntimeError):

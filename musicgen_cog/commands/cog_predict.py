@@ -10,6 +10,7 @@ Inputs are checked against predict.py's own `Input(...)` declarations by cog's i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import sys
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = predict.Predictor()
     try:
         predictor.setup(weights=os.environ.get("COG_WEIGHTS"))
-        produced = Path(predictor.predict(**kwargs))
+        produced = Path(asyncio.run(predictor.predict(**kwargs)))
     except (InputError, CheckpointError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
     destination = args.output or Path(f"output{produced.suffix}")

@@ -1,32 +1,35 @@
 """One generation: text, melody or continuation, decoded by EnCodec or MultiBand Diffusion.
 
-Beyond the model's 30 s window audiocraft extends in windows (each prompted with the last
-12 s of tokens, the melody looped); every mode goes through that same mechanism.
+The steps are audiocraft's (`MusicGen.generate*`, `_generate_tokens`, `LMModel.generate`),
+reassembled so that a request's windows are decoded in the loop it shares with the others:
+beyond the model's 30 s window it extends in windows, each prompted with the last 12 s of
+tokens, the melody looped. Without the shared loop (an architecture our step does not
+reproduce) each window runs audiocraft's own `LMModel.generate`, one request at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from audiocraft.data.audio_utils import convert_audio
+from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes, WavCondition
 
 from ..audio.decoding import Audio
 from ..errors import InputError
+from .decoding_loop import UNKNOWN_TOKEN, GenerationCancelled, Window
 from .loading import LoadedModel
 from .progress import StepProgress, planned_steps
+from .randomness import RequestRandomness
+from .sampling import Sampling
 
 log = logging.getLogger(__name__)
 EXTEND_STRIDE = 18.0  # audiocraft's default: each extra window keeps 12 s of context
-
-
-@dataclass(frozen=True)
-class Sampling:
-    top_k: int
-    top_p: float
-    temperature: float
-    cfg_coef: float
+REPORT_INTERVAL = 0.5  # s between looks at the step counter while the shared loop decodes
 
 
 @dataclass(frozen=True)
@@ -37,61 +40,188 @@ class GenerationRequest:
     melody: Audio | None = None  # chroma condition (melody mode)
     continue_from: Audio | None = None  # audio prompt (continuation mode)
     multi_band_diffusion: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
-def generate(model: LoadedModel, request: GenerationRequest) -> torch.Tensor:
+def generate(model: LoadedModel, request: GenerationRequest, randomness: RequestRandomness) -> torch.Tensor:
     """Generate audio [channels, samples] at `model.musicgen.sample_rate` for `request`."""
-    musicgen = model.musicgen
-    total = request.duration
-    prompt_frames = 0
-    if request.continue_from is not None:
-        _check_continuation_prompt(request.continue_from, musicgen.max_duration)
-        total += request.continue_from.seconds
-        prompt_frames = _encoded_frames(request.continue_from, musicgen.sample_rate, musicgen.frame_rate)
-    musicgen.set_generation_params(
-        use_sampling=True,
-        top_k=request.sampling.top_k,
-        top_p=request.sampling.top_p,
-        temperature=request.sampling.temperature,
-        duration=total,
-        cfg_coef=request.sampling.cfg_coef,
-        two_step_cfg=False,
-        extend_stride=EXTEND_STRIDE,
-    )
-    progress = StepProgress(planned_steps(musicgen, total, prompt_frames))
-    musicgen.set_custom_progress_callback(progress)
-    descriptions: list[Any] = [request.prompt]  # audiocraft conditions on no text for None
-    try:
-        if request.continue_from is not None:
-            log.info(
-                "generating %.2f s continuing %.2f s of input_audio", request.duration, request.continue_from.seconds
-            )
-            wav, tokens = musicgen.generate_continuation(
-                request.continue_from.samples[None],
-                request.continue_from.sample_rate,
-                descriptions,
-                progress=True,
-                return_tokens=True,
-            )
-        elif request.melody is not None:
-            melody = _melody_used(request.melody, total, musicgen.max_duration)
-            log.info("separating melody stems (htdemucs) and generating %.2f s", total)
-            wav, tokens = musicgen.generate_with_chroma(
-                descriptions, melody.samples[None], melody.sample_rate, progress=True, return_tokens=True
-            )
+    tokens = generate_tokens(model, request, randomness)
+    _stop_if_cancelled(request)
+    with torch.no_grad():
+        if request.multi_band_diffusion:
+            log.info("decoding %d frames with MultiBand Diffusion", tokens.shape[-1])
+            mbd = model.mbd()
+            with randomness.torch_default():  # its noise continues the request's stream, as if alone
+                wav = mbd.tokens_to_wav(tokens)
         else:
-            log.info("generating %.2f s from text", total)
-            wav, tokens = musicgen.generate(descriptions, progress=True, return_tokens=True)
-    finally:
-        musicgen.set_custom_progress_callback(None)
-    progress.finish()
-    if request.multi_band_diffusion:
-        log.info("decoding %d frames with MultiBand Diffusion", tokens.shape[-1])
-        wav = model.mbd().tokens_to_wav(tokens)
+            wav = model.musicgen.generate_audio(tokens)
     wav = wav[0].float().cpu()
     if not torch.isfinite(wav).all():
         raise RuntimeError("the model produced NaN or infinite samples; try again with another seed")
     return wav
+
+
+def generate_tokens(model: LoadedModel, request: GenerationRequest, randomness: RequestRandomness) -> torch.Tensor:
+    """The tokens [1, K, frames] of `request` (a continuation's prompt included), as audiocraft's
+    `MusicGen.generate`, `generate_with_chroma` or `generate_continuation` would give them."""
+    musicgen = model.musicgen
+    total = request.duration
+    descriptions: list[Any] = [request.prompt]  # audiocraft conditions on no text for None
+    with torch.no_grad():
+        if request.continue_from is not None:
+            clip = request.continue_from
+            _check_continuation_prompt(clip, musicgen.max_duration)
+            total += clip.seconds
+            log.info("generating %.2f s continuing %.2f s of input_audio", request.duration, clip.seconds)
+            prompt = convert_audio(clip.samples[None], clip.sample_rate, musicgen.sample_rate, musicgen.audio_channels)
+            attributes, prompt_tokens = musicgen._prepare_tokens_and_attributes(descriptions, prompt)
+        elif request.melody is not None:
+            melody = _melody_used(request.melody, total, musicgen.max_duration)
+            log.info("separating melody stems (htdemucs) and generating %.2f s", total)
+            converted = convert_audio(melody.samples, melody.sample_rate, musicgen.sample_rate, musicgen.audio_channels)
+            attributes, prompt_tokens = musicgen._prepare_tokens_and_attributes(descriptions, None, [converted])
+        else:
+            log.info("generating %.2f s from text", total)
+            attributes, prompt_tokens = musicgen._prepare_tokens_and_attributes(descriptions, None)
+        prompt_frames = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
+        progress = StepProgress(planned_steps(musicgen, total, prompt_frames, EXTEND_STRIDE))
+        tokens = _generate_tokens(model, request, attributes, prompt_tokens, total, randomness, progress)
+    progress.finish()
+    return tokens
+
+
+def _generate_tokens(
+    model: LoadedModel,
+    request: GenerationRequest,
+    attributes: list[ConditioningAttributes],
+    prompt_tokens: torch.Tensor | None,
+    duration: float,
+    randomness: RequestRandomness,
+    progress: StepProgress,
+) -> torch.Tensor:
+    """Tokens [1, K, frames] for `duration` s (prompt included): one window, or audiocraft's windows."""
+    musicgen = model.musicgen
+    rate, window = musicgen.frame_rate, musicgen.max_duration
+    total_frames = int(duration * rate)
+
+    def decode(prompt: torch.Tensor | None, frames: int) -> torch.Tensor:
+        return _decode_window(model, request, attributes, prompt, frames, randomness, progress)
+
+    if duration <= window:
+        return decode(prompt_tokens, total_frames)
+    ref_wav = attributes[0].wav["self_wav"]
+    pieces = [] if prompt_tokens is None else [prompt_tokens]
+    prompt_length = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
+    stride = int(rate * EXTEND_STRIDE)
+    offset = 0
+    while offset + prompt_length < total_frames:
+        time_offset = offset / rate
+        frames = int(min(duration - time_offset, window) * rate)
+        wav_length = int(ref_wav.length.item())
+        if wav_length > 0:  # the melody, looped if it is shorter than the music
+            start = int(time_offset * musicgen.sample_rate)
+            target = int(window * musicgen.sample_rate)
+            positions = torch.arange(start, start + target, device=musicgen.device)
+            attributes[0].wav["self_wav"] = WavCondition(
+                ref_wav[0][..., positions % wav_length],
+                torch.full_like(ref_wav[1], target),
+                [musicgen.sample_rate] * ref_wav[0].size(0),
+                [None],
+                [0.0],
+            )
+        tokens = decode(prompt_tokens, frames)
+        pieces.append(tokens if prompt_tokens is None else tokens[:, :, prompt_tokens.shape[-1] :])
+        prompt_tokens = tokens[:, :, stride:]
+        prompt_length = prompt_tokens.shape[-1]
+        offset += stride
+    return torch.cat(pieces, dim=-1)
+
+
+def _decode_window(
+    model: LoadedModel,
+    request: GenerationRequest,
+    attributes: list[ConditioningAttributes],
+    prompt: torch.Tensor | None,
+    frames: int,
+    randomness: RequestRandomness,
+    progress: StepProgress,
+) -> torch.Tensor:
+    """Tokens [1, K, frames] of one window after `prompt` [1, K, T] (kept at its start)."""
+    _stop_if_cancelled(request)
+    if model.loop is None:
+        return _audiocraft_window(model, request, attributes, prompt, frames, randomness, progress)
+    musicgen, lm = model.musicgen, model.musicgen.lm
+    with randomness.python_random(), model.autocast():  # demucs draws its shifts from python's random
+        pair = attributes + ClassifierFreeGuidanceDropout(p=1.0)(attributes)
+        conditions = lm.condition_provider(lm.condition_provider.tokenize(pair))
+    if prompt is None:
+        prompt = torch.zeros((1, lm.num_codebooks, 0), dtype=torch.long, device=musicgen.device)
+    pattern = lm.pattern_provider.get_pattern(frames)
+    codes = torch.full((1, lm.num_codebooks, frames), UNKNOWN_TOKEN, dtype=torch.long, device=musicgen.device)
+    codes[..., : prompt.shape[-1]] = prompt
+    sequence, _, mask = pattern.build_pattern_sequence(codes, lm.special_token_id)
+    first_step = pattern.get_first_step_with_timesteps(prompt.shape[-1])
+    assert first_step is not None, "audiocraft's generate asserts the same of every prompt it takes"
+    window = Window(
+        sequence=sequence,
+        mask=mask,
+        first_step=first_step,
+        conditions=conditions,
+        sampling=request.sampling,
+        generator=randomness.generator,
+        special_token=lm.special_token_id,
+        on_step=progress.advance,
+        cancelled=request.cancelled,
+    )
+    done = model.loop.submit(window)
+    while True:
+        try:
+            filled = done.result(timeout=REPORT_INTERVAL)
+            break
+        except FutureTimeout:
+            progress.report()
+    progress.report()
+    codes, _, _ = pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)
+    codes = codes[..., :frames]
+    assert (codes >= 0).all() and (codes <= lm.card).all(), "every token of the window was generated"
+    return codes
+
+
+def _audiocraft_window(
+    model: LoadedModel,
+    request: GenerationRequest,
+    attributes: list[ConditioningAttributes],
+    prompt: torch.Tensor | None,
+    frames: int,
+    randomness: RequestRandomness,
+    progress: StepProgress,
+) -> torch.Tensor:
+    """One window through audiocraft's own `LMModel.generate`: one request at a time, drawing from
+    global generators that hold this request's streams meanwhile."""
+
+    def step_done(_done: int, _total: int) -> None:
+        progress.advance()
+        progress.report()
+
+    sampling = request.sampling
+    with model.exclusive, randomness.python_random(), randomness.torch_default(), model.musicgen.autocast:
+        return model.musicgen.lm.generate(
+            prompt,
+            attributes,
+            callback=step_done,
+            max_gen_len=frames,
+            use_sampling=True,
+            temp=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            cfg_coef=sampling.cfg_coef,
+            two_step_cfg=False,
+        )
+
+
+def _stop_if_cancelled(request: GenerationRequest) -> None:
+    if request.cancelled.is_set():
+        raise GenerationCancelled()
 
 
 def _melody_used(melody: Audio, total: float, window: float) -> Audio:
@@ -114,8 +244,3 @@ def _check_continuation_prompt(audio: Audio, window: float) -> None:
             f"{longest:g} s so the model's {window:g} s window has room to continue it. "
             "Use continuation_start and continuation_end to choose a shorter part.",
         )
-
-
-def _encoded_frames(audio: Audio, model_rate: int, frame_rate: float) -> int:
-    samples = round(audio.samples.shape[-1] * model_rate / audio.sample_rate)
-    return -(-samples * int(frame_rate) // model_rate)

@@ -9,8 +9,10 @@ The LM is always built from the checkpoint's own `xp.cfg`, never from a hard-cod
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ from transformers.initialization import no_init_weights
 
 from ..weights import assets
 from ..weights.checkpoints import CheckpointError, load_checkpoint
-from .fast_decode import StaticCacheDecoder, install_fast_decoder
+from .decoding_loop import DecodingLoop
+from .fast_decode import slot_decoder_for
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +48,24 @@ def default_device() -> str:
 
 @dataclass
 class LoadedModel:
-    """The MusicGen model plus the MBD decoder that shares its codec, loaded on first use.
-
-    Not thread-safe: predictions run one at a time (coglet's default concurrency of one).
-    """
+    """The MusicGen model, the decoding loop its requests share, and the MBD decoder that shares
+    its codec, loaded on first use. Safe to use from several request threads at once."""
 
     musicgen: MusicGen
     source: Path
     weights_root: Path
-    decoder: StaticCacheDecoder | None = None  # None: audiocraft's own decoding loop
+    loop: DecodingLoop | None = None  # None: audiocraft's own decoding loop, one request at a time
+    exclusive: threading.Lock = field(default_factory=threading.Lock)  # held by audiocraft's loop
     _mbd: MultiBandDiffusion | None = None
+    _mbd_loading: threading.Lock = field(default_factory=threading.Lock)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """A fresh autocast context as audiocraft uses (fp16 on a GPU, off on a CPU): the model's own
+        `autocast` object keeps its state on itself, so threads cannot share it."""
+        shared = self.musicgen.autocast.autocast
+        if shared is None:
+            return contextlib.nullcontext()
+        return torch.autocast(shared.device, dtype=shared.fast_dtype)
 
     @property
     def codebook_size(self) -> int:
@@ -72,10 +83,11 @@ class LoadedModel:
 
     def mbd(self) -> MultiBandDiffusion:
         """The MBD decoder, loaded on first use so that a cold boot does not pay for it."""
-        if self._mbd is None:
-            log.info("loading MultiBand Diffusion decoder")
-            self._mbd = load_mbd(self.weights_root, self.musicgen.compression_model, self.musicgen.device)
-        return self._mbd
+        with self._mbd_loading:
+            if self._mbd is None:
+                log.info("loading MultiBand Diffusion decoder")
+                self._mbd = load_mbd(self.weights_root, self.musicgen.compression_model, self.musicgen.device)
+            return self._mbd
 
 
 def resolve_lm_source(root: Path, finetune: Path | None) -> Path:
@@ -86,9 +98,11 @@ def resolve_lm_source(root: Path, finetune: Path | None) -> Path:
     return baked if baked.is_file() else assets.locate(root, assets.BASE_LM)
 
 
-def load_model(root: Path, finetune: Path | None = None, device: str | None = None) -> LoadedModel:
-    """Build MusicGen from `finetune` (file or audiocraft folder) or the folder's own checkpoints."""
+def load_model(root: Path, finetune: Path | None = None, device: str | None = None, slots: int = 1) -> LoadedModel:
+    """Build MusicGen from `finetune` (file or audiocraft folder) or the folder's own checkpoints,
+    with a decoding loop for `slots` requests at once."""
     device = device or default_device()
+    torch.backends.cudnn.deterministic = True  # a seed repeats on a GPU too
     source = resolve_lm_source(root, finetune)
     if source.is_dir():
         package = load_checkpoint(source / "state_dict.bin")
@@ -114,8 +128,18 @@ def load_model(root: Path, finetune: Path | None = None, device: str | None = No
         codec = _load_folder_compression(root, source / "compression_state_dict.bin", device)
     else:
         codec = _load_pretrained_compression(root, cfg.get("compression_model_checkpoint"), device)
-    musicgen = MusicGen(source.name, codec, lm)
-    return LoadedModel(musicgen, source, root, decoder=install_fast_decoder(musicgen))
+    model = LoadedModel(MusicGen(source.name, codec, lm), source, root)
+    start_decoding_loop(model, slots)
+    return model
+
+
+def start_decoding_loop(model: LoadedModel, slots: int) -> None:
+    """Give `model` a decoding loop with `slots` slots (closing any it had), unless its LM needs
+    audiocraft's own loop."""
+    if model.loop is not None:
+        model.loop.close()
+    decoder = slot_decoder_for(model.musicgen, slots)
+    model.loop = None if decoder is None else DecodingLoop(decoder, model.autocast)
 
 
 def _inference_config(raw: Any, device: str) -> DictConfig:

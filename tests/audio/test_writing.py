@@ -40,9 +40,10 @@ def test_a_failed_mp3_encode_is_an_error_and_leaves_nothing(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_output_folder_keeps_only_the_latest_prediction(tmp_path):
-    folder = OutputFolder(tmp_path / "out")
+def test_the_output_folder_keeps_only_the_latest_predictions(tmp_path):
+    folder = OutputFolder(tmp_path / "out", keep=2)
     first = folder.write(SIGNAL, SAMPLE_RATE, "wav", stem="a")
     second = folder.write(SIGNAL, SAMPLE_RATE, "mp3", stem="b")
-    assert not first.exists() and second.exists()
-    assert list((tmp_path / "out").iterdir()) == [second]
+    third = folder.write(SIGNAL, SAMPLE_RATE, "wav", stem="c")
+    assert not first.exists()
+    assert sorted((tmp_path / "out").iterdir()) == sorted([second, third])

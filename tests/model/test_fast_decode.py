@@ -1,22 +1,21 @@
-"""Our static-cache decoding step gives exactly audiocraft's tokens (fp32, CPU, fixed seed)."""
+"""Our decoding (shared loop, static-cache step) gives exactly audiocraft's tokens (fp32, CPU, fixed seed)."""
 
 import contextlib
 import logging
+import random
 from typing import Any, ClassVar
 
 import pytest
 import torch
 
-from musicgen_cog.api.seeding import seed_everything
+from musicgen_cog.audio.decoding import Audio
 from musicgen_cog.model import fast_decode
-from musicgen_cog.model.fast_decode import (
-    DECODER_ENV,
-    KV_BUCKET,
-    CudaGraphStep,
-    install_fast_decoder,
-    unsupported_reason,
-)
+from musicgen_cog.model.decoding_loop import DecodingLoop
+from musicgen_cog.model.fast_decode import DECODER_ENV, KV_BUCKET, CudaGraphStep, SlotDecoder, unsupported_reason
+from musicgen_cog.model.generation import GenerationRequest, generate_tokens
 from musicgen_cog.model.loading import load_model
+from musicgen_cog.model.randomness import RequestRandomness
+from musicgen_cog.model.sampling import Sampling
 from musicgen_cog.weights.random_weights import write_finetune
 from tests.helpers import decoding_steps, tone
 
@@ -27,11 +26,100 @@ SAMPLING: dict[str, dict[str, Any]] = {
     "plain": {"top_k": 0},
 }
 MODES = {"text": 2, "melody": 2, "continuation": 3, "windowed": 33}
+SEED = 3
 
 
 @pytest.fixture(scope="module")
 def model(tiny_weights):
-    return load_model(tiny_weights)
+    return load_model(tiny_weights, device="cpu", slots=2)
+
+
+def with_decoder(model, batched: bool = False, graphs: bool = False):
+    """`model` with a fresh loop over a fresh step of the given kind (CPU runs both kinds)."""
+    decoder = model.loop.decoder
+    model.loop.close()
+    model.loop = DecodingLoop(SlotDecoder(decoder.lm, decoder.slots, batched=batched, graphs=graphs), model.autocast)
+    return model
+
+
+def one_slot(tiny_weights, **kind) -> Any:
+    """A model whose loop runs its slot's rows in one fixed-shape step, as on a GPU. One slot: the
+    step then multiplies 2 rows, as audiocraft's does (oneDNN's kernels, hence last bits, depend
+    on the row count; test_decoding_loop checks that a fixed count makes company irrelevant)."""
+    return with_decoder(load_model(tiny_weights, device="cpu", slots=1), batched=True, **kind)
+
+
+@pytest.fixture
+def batched(tiny_weights):
+    return one_slot(tiny_weights)
+
+
+def melody_clip() -> torch.Tensor:
+    return torch.from_numpy(tone(3.0, 32000, 1)).T[None]
+
+
+def ours(model, mode: str, seed: int = SEED, seconds: float | None = None, **sampling) -> torch.Tensor:
+    sampling = {"top_k": 250, "top_p": 0.0, "temperature": 1.0, **sampling}
+    clip = Audio(melody_clip()[0], 32000)
+    continuation = mode == "continuation"
+    request = GenerationRequest(
+        prompt="jazz",
+        duration=seconds or MODES[mode] - (1 if continuation else 0),
+        sampling=Sampling(sampling["top_k"], sampling["top_p"], sampling["temperature"], 3.0),
+        melody=clip if mode == "melody" else None,
+        continue_from=Audio(clip.samples[:, :32000], 32000) if continuation else None,
+    )
+    return generate_tokens(model, request, RequestRandomness(seed, model.musicgen.device))
+
+
+def audiocrafts(model, mode: str, seed: int = SEED, autocast=None, **sampling) -> torch.Tensor:
+    """audiocraft's own generate, seeded as a request alone would be."""
+    musicgen = model.musicgen
+    musicgen.set_generation_params(duration=MODES[mode], **{"top_k": 250, "top_p": 0.0, "temperature": 1.0, **sampling})
+    melody = melody_clip()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext():
+        if mode == "melody":
+            return musicgen.generate_with_chroma(["jazz"], melody, 32000, return_tokens=True)[1]
+        if mode == "continuation":
+            return musicgen.generate_continuation(melody[..., :32000], 32000, ["jazz"], return_tokens=True)[1]
+        return musicgen.generate(["jazz"], return_tokens=True)[1]
+
+
+@pytest.mark.parametrize("sampling", SAMPLING, ids=list(SAMPLING))
+@pytest.mark.parametrize(
+    "mode",
+    [pytest.param(mode, marks=pytest.mark.slow) if MODES[mode] > 30 else mode for mode in MODES],
+    ids=list(MODES),
+)
+def test_our_loop_gives_exactly_audiocrafts_tokens(model, mode, sampling):
+    mine = ours(model, mode, **SAMPLING[sampling])
+    reference = audiocrafts(model, mode, **SAMPLING[sampling])
+    assert mine.shape == reference.shape and mine.shape[-1] == int(MODES[mode] * model.musicgen.frame_rate)
+    assert torch.equal(mine, reference)
+
+
+@pytest.mark.parametrize("sampling", ["top_k", "argmax", "plain"])
+def test_the_graphable_all_slots_step_matches_too(model, batched, sampling):
+    """The step a CUDA graph captures (every slot, per-row positions, mask over buckets). Under
+    top-p its last-bit differences can move the cumulative-probability cut: not compared exactly."""
+    rule = SAMPLING[sampling]
+    assert torch.equal(ours(batched, "continuation", **rule), ours(model, "continuation", **rule))
+
+
+def test_the_all_slots_step_attends_to_whole_buckets_of_the_cache(batched):
+    ours(batched, "text", seconds=6)
+    decoder = batched.loop.decoder
+    length = decoder.cache_length()
+    assert length % KV_BUCKET == 0 and length >= decoding_steps(batched.musicgen, 6) > KV_BUCKET
+    assert decoder.caches[0][0].shape[0] == decoder.rows == 2  # two rows (the CFG pair) per slot
+    assert [decoder.attended_length(p) for p in (0, KV_BUCKET - 1, KV_BUCKET, length - 1)] == [
+        KV_BUCKET,
+        KV_BUCKET,
+        2 * KV_BUCKET,
+        length,
+    ]
 
 
 class ReplayedStep(CudaGraphStep):
@@ -40,9 +128,9 @@ class ReplayedStep(CudaGraphStep):
 
     captured: ClassVar[list] = []
 
-    def __init__(self, decoder, sequence, length):
+    def __init__(self, decoder, tokens, positions, length):
         self.decoder, self.caches = decoder, decoder.caches
-        super().__init__(decoder, sequence, length)
+        super().__init__(decoder, tokens, positions, length)
 
     def _capture(self, step):
         self.step = step
@@ -57,88 +145,37 @@ class ReplayedStep(CudaGraphStep):
             self.logits.copy_(self.step())
 
 
-def tokens(
-    model, step, mode: str, static: bool = False, graphs: bool = False, autocast=None, **sampling
-) -> torch.Tensor:
-    musicgen, decoder = model.musicgen, model.decoder
-    musicgen.lm._sample_next_token = step
-    decoder.static_shapes, decoder.graphs_enabled = static, graphs
-    musicgen.set_generation_params(duration=MODES[mode], **{"top_k": 250, "top_p": 0.0, "temperature": 1.0, **sampling})
-    melody = torch.from_numpy(tone(3.0, 32000, 1)).T[None]
-    seed_everything(3)
-    try:
-        with torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext():
-            if mode == "melody":
-                return musicgen.generate_with_chroma(["jazz"], melody, 32000, return_tokens=True)[1]
-            if mode == "continuation":
-                return musicgen.generate_continuation(melody[..., :32000], 32000, ["jazz"], return_tokens=True)[1]
-            return musicgen.generate(["jazz"], return_tokens=True)[1]
-    finally:
-        musicgen.lm._sample_next_token = decoder._sample_next_token
-        decoder.static_shapes = decoder.graphs_enabled = False
-
-
-@pytest.mark.parametrize("sampling", SAMPLING, ids=list(SAMPLING))
-@pytest.mark.parametrize(
-    "mode",
-    [pytest.param(mode, marks=pytest.mark.slow) if MODES[mode] > 30 else mode for mode in MODES],
-    ids=list(MODES),
-)
-def test_our_loop_gives_exactly_audiocrafts_tokens(model, mode, sampling):
-    ours = tokens(model, model.decoder._sample_next_token, mode, **SAMPLING[sampling])
-    reference = tokens(model, model.decoder.audiocraft_step, mode, **SAMPLING[sampling])
-    assert ours.shape == reference.shape and ours.shape[-1] == int(MODES[mode] * model.musicgen.frame_rate)
-    assert torch.equal(ours, reference)
-
-
-@pytest.mark.parametrize("sampling", ["top_k", "argmax", "plain"])
-def test_the_graphable_fixed_shape_step_matches_too(model, sampling):
-    """The step a CUDA graph captures (mask over the whole cache). Under top-p its last-bit
-    differences can move the cumulative-probability cut, so top-p is not compared exactly."""
-    ours = tokens(model, model.decoder._sample_next_token, "continuation", static=True, **SAMPLING[sampling])
-    assert torch.equal(ours, tokens(model, model.decoder.audiocraft_step, "continuation", **SAMPLING[sampling]))
-
-
-def test_the_fixed_shape_step_attends_to_whole_buckets_of_the_cache(model):
-    tokens(model, model.decoder._sample_next_token, "text", static=True)
-    cache_length = model.decoder.caches[0][0].shape[2]
-    assert cache_length % KV_BUCKET == 0 and cache_length >= model.decoder.max_steps
-    assert [model.decoder.attended_length(p) for p in (0, KV_BUCKET - 1, KV_BUCKET, cache_length - 1)] == [
-        KV_BUCKET,
-        KV_BUCKET,
-        2 * KV_BUCKET,
-        cache_length,
-    ]
+@pytest.fixture
+def replayed(monkeypatch):
+    monkeypatch.setattr(fast_decode, "CudaGraphStep", ReplayedStep)
+    monkeypatch.setattr(ReplayedStep, "captured", [])
+    return ReplayedStep.captured
 
 
 @pytest.mark.slow  # a 33 s generation, two windows
-def test_replayed_graph_steps_give_exactly_audiocrafts_tokens_one_capture_per_bucket(model, monkeypatch):
-    monkeypatch.setattr(fast_decode, "CudaGraphStep", ReplayedStep)
-    monkeypatch.setattr(ReplayedStep, "captured", [])
-    reference = tokens(model, model.decoder.audiocraft_step, "windowed")
-    assert torch.equal(tokens(model, model.decoder._sample_next_token, "windowed", static=True, graphs=True), reference)
-    lengths = [length for length, *_ in ReplayedStep.captured]
-    assert len(set(lengths)) >= 6 and all(length % KV_BUCKET == 0 for length in lengths)
-    tokens(model, model.decoder._sample_next_token, "text", static=True, graphs=True)
-    captures = len(ReplayedStep.captured)
-    tokens(model, model.decoder._sample_next_token, "text", static=True, graphs=True)
-    assert len(ReplayedStep.captured) == captures  # a later request of the same shape only replays
+def test_replayed_graph_steps_give_exactly_audiocrafts_tokens_one_capture_per_bucket(model, tiny_weights, replayed):
+    graphed = one_slot(tiny_weights, graphs=True)
+    assert torch.equal(ours(graphed, "windowed"), audiocrafts(model, "windowed"))
+    lengths = [length for length, *_ in replayed]
+    assert len(set(lengths)) == len(lengths) >= 6 and all(length % KV_BUCKET == 0 for length in lengths)
+    ours(graphed, "text")
+    captures = len(replayed)
+    ours(graphed, "text")
+    assert len(replayed) == captures  # a later request of the same shape only replays
 
 
-def test_graph_steps_are_captured_under_the_callers_autocast_without_its_cache(model, monkeypatch):
+def test_graph_steps_are_captured_under_the_callers_autocast_without_its_cache(tiny_weights, replayed, monkeypatch):
     """On a GPU audiocraft keeps embeddings and output layers in fp32 under fp16 autocast: a graph
     captured without it would compute other numbers (or fail on mixed dtypes)."""
-    monkeypatch.setattr(fast_decode, "CudaGraphStep", ReplayedStep)
-    monkeypatch.setattr(ReplayedStep, "captured", [])
-    eager = tokens(model, model.decoder._sample_next_token, "continuation", static=True, autocast=torch.bfloat16)
-    graphed = tokens(
-        model, model.decoder._sample_next_token, "continuation", static=True, graphs=True, autocast=torch.bfloat16
-    )
+    bf16 = load_model(tiny_weights, device="cpu", slots=2)
+    monkeypatch.setattr(bf16, "autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    eager = ours(with_decoder(bf16, batched=True), "continuation")
+    graphed = ours(with_decoder(bf16, batched=True, graphs=True), "continuation")  # same rows: same numbers
     assert torch.equal(graphed, eager)
-    assert {tuple(autocast) for _, *autocast in ReplayedStep.captured} == {(True, torch.bfloat16, False)}
+    assert {tuple(autocast) for _, *autocast in replayed} == {(True, torch.bfloat16, False)}
 
 
-def test_a_failed_capture_falls_back_to_eager_steps_with_one_warning(model, monkeypatch, logs):
+def test_a_failed_capture_falls_back_to_eager_steps_with_one_warning(model, tiny_weights, monkeypatch, logs):
     attempts = []
 
     class UncapturableStep(ReplayedStep):
@@ -147,8 +184,8 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_one_warning(model, monk
             raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(fast_decode, "CudaGraphStep", UncapturableStep)
-    fallen_back = tokens(model, model.decoder._sample_next_token, "text", static=True, graphs=True)
-    assert torch.equal(fallen_back, tokens(model, model.decoder._sample_next_token, "text", static=True))
+    fallen_back = ours(one_slot(tiny_weights, graphs=True), "text")
+    assert torch.equal(fallen_back, ours(model, "text"))
     assert len(attempts) == 1  # graphs stay off after the first failure: no capture attempt per step
     warnings = [r.getMessage() for r in logs.records if r.levelno == logging.WARNING]
     assert warnings == [
@@ -159,13 +196,14 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_one_warning(model, monk
 
 def test_predictions_run_through_our_step(run, predictor, monkeypatch):
     calls = []
-    forward = predictor.model.decoder._forward
+    decoder = predictor.model.loop.decoder
+    step = decoder.step_slot
 
     def counted(*args):
         calls.append(1)
-        return forward(*args)
+        return step(*args)
 
-    monkeypatch.setattr(predictor.model.decoder, "_forward", counted)
+    monkeypatch.setattr(decoder, "step_slot", counted)
     run(duration=1)
     # every decoding step but the first, which runs audiocraft's forward over the conditioning prefix
     assert len(calls) == decoding_steps(predictor.model.musicgen, 1) - 1
@@ -173,15 +211,17 @@ def test_predictions_run_through_our_step(run, predictor, monkeypatch):
 
 def test_the_environment_variable_selects_audiocrafts_loop(tiny_weights, monkeypatch):
     monkeypatch.setenv(DECODER_ENV, "audiocraft")
-    model = load_model(tiny_weights)
-    assert model.decoder is None and "_sample_next_token" not in vars(model.musicgen.lm)
+    model = load_model(tiny_weights, device="cpu")
+    assert model.loop is None
+    assert torch.equal(ours(model, "text"), audiocrafts(model, "text"))  # its own loop, drawing the request's stream
     monkeypatch.setenv(DECODER_ENV, "turbo")
     with pytest.raises(ValueError, match="MUSICGEN_DECODER must be 'fast' or 'audiocraft', got 'turbo'"):
-        install_fast_decoder(model.musicgen)
+        load_model(tiny_weights, device="cpu")
 
 
 def test_an_architecture_we_do_not_reproduce_falls_back_to_audiocraft(tiny_weights, tmp_path, logs):
     model = load_model(tiny_weights, write_finetune(tmp_path / "text.tar", melody=False))
-    assert model.decoder is None
+    assert model.loop is None
     assert "cross-attention" in str(unsupported_reason(model.musicgen.lm))
-    assert any("decoding with audiocraft's own loop (conditions fused" in r.getMessage() for r in logs.records)
+    expected = "decoding with audiocraft's own loop, one request at a time (conditions fused"
+    assert any(expected in r.getMessage() for r in logs.records)

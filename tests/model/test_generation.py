@@ -3,10 +3,12 @@
 import pytest
 import torch
 
-from musicgen_cog.api.seeding import seed_everything
 from musicgen_cog.audio.decoding import Audio
 from musicgen_cog.errors import InputError
-from musicgen_cog.model.generation import GenerationRequest, Sampling, generate
+from musicgen_cog.model import generation
+from musicgen_cog.model.generation import GenerationRequest
+from musicgen_cog.model.randomness import RequestRandomness
+from musicgen_cog.model.sampling import Sampling
 from tests.helpers import SAMPLE_RATE, tone
 
 SAMPLING = Sampling(top_k=250, top_p=0.0, temperature=1.0, cfg_coef=3.0)
@@ -19,6 +21,10 @@ def clip(seconds: float, rate: int = 8000) -> Audio:
 @pytest.fixture
 def model(predictor):
     return predictor.model
+
+
+def generate(model, request: GenerationRequest, seed: int = 1) -> torch.Tensor:
+    return generation.generate(model, request, RequestRandomness(seed, "cpu"))
 
 
 def test_text_mode_gives_duration_seconds_at_the_model_rate(model):
@@ -47,11 +53,11 @@ def test_only_the_melody_that_can_condition_the_output_is_processed(
 ):
     lengths = []
 
-    def record_and_stop(descriptions, wavs, rate, **kwargs):
-        lengths.append(wavs.shape[-1] / rate)
+    def record_and_stop(descriptions, prompt, melody_wavs):
+        lengths.append(melody_wavs[0].shape[-1] / SAMPLE_RATE)
         raise RuntimeError("stop after recording")
 
-    monkeypatch.setattr(model.musicgen, "generate_with_chroma", record_and_stop)
+    monkeypatch.setattr(model.musicgen, "_prepare_tokens_and_attributes", record_and_stop)
     with pytest.raises(RuntimeError, match="stop after recording"):
         generate(model, GenerationRequest(prompt="x", duration=duration, sampling=SAMPLING,
                                           melody=clip(melody_seconds)))  # fmt: skip
@@ -59,8 +65,7 @@ def test_only_the_melody_that_can_condition_the_output_is_processed(
 
 
 def test_mbd_decodes_the_tokens_instead_of_the_codec(model, monkeypatch):
-    seed_everything(5)
-    plain = generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING))
+    plain = generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING), seed=5)
     decoded = []
     mbd = model.mbd()
 
@@ -69,8 +74,7 @@ def test_mbd_decodes_the_tokens_instead_of_the_codec(model, monkeypatch):
         return torch.zeros(1, 1, SAMPLE_RATE)
 
     monkeypatch.setattr(mbd, "tokens_to_wav", silence_from)
-    seed_everything(5)
-    wav = generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING, multi_band_diffusion=True))
+    wav = generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING, multi_band_diffusion=True), 5)
     lm = model.musicgen.lm
     assert len(decoded) == 1 and decoded[0].shape == (1, lm.num_codebooks, model.musicgen.frame_rate)
     assert torch.equal(wav, torch.zeros(1, SAMPLE_RATE)) and not torch.equal(plain, wav)
@@ -81,3 +85,22 @@ def test_non_finite_audio_from_the_model_is_an_error_not_a_file(model, monkeypat
     monkeypatch.setattr(nan_codec, "decode", lambda codes, scale=None: torch.full((1, 1, SAMPLE_RATE), float("nan")))
     with pytest.raises(RuntimeError, match="the model produced NaN or infinite samples; try again with another seed"):
         generate(model, GenerationRequest(prompt="x", duration=1, sampling=SAMPLING))
+
+
+def test_mbd_noise_continues_the_requests_own_stream(model, monkeypatch):
+    """MBD draws from torch's default generator: each request's draws are its own, and repeat."""
+    draws = []
+
+    def noise_from(tokens):
+        draws.append(torch.rand(3))
+        return torch.zeros(1, 1, SAMPLE_RATE)
+
+    monkeypatch.setattr(model.mbd(), "tokens_to_wav", noise_from)
+    request = GenerationRequest(prompt="x", duration=1, sampling=SAMPLING, multi_band_diffusion=True)
+    torch.manual_seed(0)
+    outside = torch.rand(3)
+    torch.manual_seed(0)
+    for seed in (5, 6, 5):
+        generate(model, request, seed)
+    assert torch.equal(torch.rand(3), outside)  # the global stream is left where it was
+    assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])

@@ -32,12 +32,26 @@ def test_planned_steps_match_the_callbacks_audiocraft_makes(predictor, duration,
             prompt_frames = 0
     finally:
         musicgen.set_custom_progress_callback(None)
-    assert planned_steps(musicgen, total, prompt_frames) == len(calls)
+    assert planned_steps(musicgen, total, prompt_frames, extend_stride=18) == len(calls)
 
 
-def test_the_reporter_logs_the_final_step_and_counts_every_call(logs):
+def test_the_reporter_logs_the_final_step_once_and_counts_every_step(logs):
     progress = StepProgress(total_steps=3, interval=3600)
-    for step in range(3):
-        progress(step + 1, 3)
+    progress.report()  # nothing decoded yet: nothing to say
+    for _ in range(3):
+        progress.advance()
+        progress.report()
+    progress.report()
     assert progress.done == 3
     assert [r.getMessage().split(",")[0] for r in logs.records] == ["generation: 3/3 steps (100%)"]
+
+
+def test_the_reporter_logs_at_most_once_per_interval(logs, monkeypatch):
+    clock = iter([0.0, 0.5, 2.5, 3.0])  # the first step, then three reports
+    monkeypatch.setattr("musicgen_cog.model.progress.time.monotonic", lambda: next(clock))
+    progress = StepProgress(total_steps=10, interval=2.0)
+    progress.advance()
+    for _ in range(3):
+        progress.advance()
+        progress.report()
+    assert [r.getMessage().split(",")[0] for r in logs.records] == ["generation: 3/10 steps (30%)"]

@@ -1,0 +1,68 @@
+"""Throughput of concurrent requests: N requests at once through the shared decoding loop.
+
+Each of N threads asks for the same duration (its own prompt and seed), all at once, as N
+clients of the server would; the loop has N slots. Prints, for N = 1, 4, 8, 16, the wall time,
+the seconds of audio made per second, and both against N = 1.
+
+    python -m bench.concurrency [SECONDS]   (default 1 on a CPU, 8 on a GPU)
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from bench.models import bench_model, describe
+
+COUNTS = (1, 4, 8, 16)
+
+
+def main() -> None:
+    import torch
+
+    from musicgen_cog.model.generation import GenerationRequest, generate_tokens
+    from musicgen_cog.model.loading import start_decoding_loop
+    from musicgen_cog.model.randomness import RequestRandomness
+    from musicgen_cog.model.sampling import Sampling
+
+    model, name = bench_model(slots=max(COUNTS))
+    cuda = name != "cpu"
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else (8.0 if cuda else 1.0)
+    print(f"{describe(model, name)}; each request {seconds:g} s of audio")
+
+    def one(index: int, start: threading.Barrier) -> None:
+        start.wait()
+        request = GenerationRequest(f"request {index}", seconds, Sampling(250, 0.0, 1.0, 3.0))
+        tokens = generate_tokens(model, request, RequestRandomness(index, model.musicgen.device))
+        model.musicgen.generate_audio(tokens)  # the codec's share of the work, as a prediction does
+
+    def run(count: int) -> float:
+        start = threading.Barrier(count + 1)
+        with ThreadPoolExecutor(count) as pool:
+            done = [pool.submit(one, i, start) for i in range(count)]
+            start.wait()
+            started = time.perf_counter()
+            for future in done:
+                future.result()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    rows = []
+    for count in COUNTS:
+        start_decoding_loop(model, slots=count)  # the cache sized for the concurrency, as the server does
+        run(count)  # warm-up: allocation, kernels, graph capture for this many slots
+        elapsed = run(count)
+        rows.append((count, elapsed, count * seconds / elapsed))
+        print(f"N={count:>2}: {elapsed:6.2f} s for {count} x {seconds:g} s = {rows[-1][2]:6.2f} s of audio/s")
+    alone, single_rate = rows[0][1], rows[0][2]
+    print("N  | wall time vs one alone | audio/s vs one alone")
+    for count, elapsed, rate in rows:
+        print(f"{count:>2} | {elapsed / alone:5.2f}x | {rate / single_rate:5.2f}x")
+    print(f"throughput at N=16: {rows[-1][2]:.2f} s of audio per second on {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The model the benches decode with: a random LM of a real size beside the tiny folder's codec.
+
+CPU: MusicGen-small size (24 layers, d=1024) in fp32. GPU: MusicGen-melody size (48 layers,
+d=1536) in audiocraft's GPU layout (transformer fp16, embeddings and output layers fp32, run
+under fp16 autocast).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from musicgen_cog import environment
+from musicgen_cog.weights import random_weights
+
+
+def bench_model(slots: int) -> tuple[Any, str]:
+    """(LoadedModel with a decoding loop of `slots` slots, device name) for this machine."""
+    root = random_weights.ensure_weights_folder(environment.configure(random_weights.cached_tiny_folder()))
+    import torch
+    from audiocraft.models import MusicGen, builders
+    from omegaconf import OmegaConf
+
+    from musicgen_cog.model.loading import LoadedModel, load_model, start_decoding_loop
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    codec = load_model(root, device=device).musicgen.compression_model
+    cfg = OmegaConf.create(random_weights.lm_config(random_weights.SIZES["full" if cuda else "small"]))
+    cfg.device, cfg.dtype = device, ("float16" if cuda else "float32")
+    torch.manual_seed(0)
+    lm = builders.get_lm_model(cfg).eval()
+    lm.cfg = cfg  # type: ignore[assignment]  # as audiocraft's own loaders attach it
+    model = LoadedModel(MusicGen("bench", codec, lm), Path("bench"), root)
+    start_decoding_loop(model, slots)
+    assert model.loop is not None, "the bench LM should be decodable by our loop"
+    return model, torch.cuda.get_device_name() if cuda else "cpu"
+
+
+def describe(model: Any, device: str) -> str:
+    lm = model.musicgen.lm
+    parameters = sum(p.numel() for p in lm.parameters())
+    import torch
+
+    return f"{device}: LM {parameters / 1e9:.2f} B parameters ({lm.cfg.dtype}), torch threads {torch.get_num_threads()}"

@@ -1,0 +1,204 @@
+"""The shared decoding loop: requests join and leave at step boundaries, and none changes another.
+
+Each request runs `generate_tokens` in a thread of its own, as predictions do on the server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from musicgen_cog.audio.decoding import Audio
+from musicgen_cog.model.decoding_loop import DecodingLoop, GenerationCancelled
+from musicgen_cog.model.fast_decode import SlotDecoder
+from musicgen_cog.model.generation import GenerationRequest, generate_tokens
+from musicgen_cog.model.loading import load_model, start_decoding_loop
+from musicgen_cog.model.randomness import RequestRandomness
+from musicgen_cog.model.sampling import Sampling
+from tests.helpers import tone
+
+SLOTS = 3
+CLIP = Audio(torch.from_numpy(tone(3.0, 32000, 1)).T.contiguous(), 32000)
+
+
+def request(seconds: float, mode: str = "text", cancelled: threading.Event | None = None, **sampling) -> dict:
+    rule = {"top_k": 250, "top_p": 0.0, "temperature": 1.0, "cfg_coef": 3.0, **sampling}
+    return dict(
+        prompt=f"{mode} {seconds}",
+        duration=seconds,
+        sampling=Sampling(**rule),
+        melody=CLIP if mode == "melody" else None,
+        continue_from=Audio(CLIP.samples[:, :16000], 32000) if mode == "continuation" else None,
+        cancelled=cancelled or threading.Event(),
+    )
+
+
+MIXED = [  # more requests than slots: the last waits for a free one
+    (1, request(2, "text")),
+    (2, request(2, "melody", top_p=0.9, top_k=0)),
+    (3, request(1.5, "continuation", temperature=0.0)),
+    (4, request(1, "text", top_k=0, cfg_coef=1.0)),
+]
+
+
+def tokens(model, seed: int, spec: dict) -> torch.Tensor:
+    return generate_tokens(model, GenerationRequest(**spec), RequestRandomness(seed, "cpu"))
+
+
+def together(model, requests: list[tuple[int, dict]]) -> list:
+    """Run every request at once, each in its own thread; results or exceptions, in order."""
+    start = threading.Barrier(len(requests))
+
+    def one(seed_and_spec):
+        start.wait()
+        try:
+            return tokens(model, *seed_and_spec)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(one, requests))
+
+
+@pytest.fixture(scope="module", params=["per-slot", "all-slots"])
+def model(request, tiny_weights):
+    """A CPU model with SLOTS slots, stepping per slot (as on a CPU) or all slots at once (as on a GPU)."""
+    loaded = load_model(tiny_weights, device="cpu", slots=SLOTS)
+    if request.param == "all-slots":
+        assert loaded.loop is not None
+        loaded.loop.close()
+        loaded.loop = DecodingLoop(SlotDecoder(loaded.musicgen.lm, SLOTS, batched=True), loaded.autocast)
+    return loaded
+
+
+@pytest.fixture
+def steps_seen(model, monkeypatch):
+    """The number of windows in each step the loop takes."""
+    seen: list[int] = []
+    loop = model.loop
+    step = loop._step
+
+    def counted():
+        seen.append(len(loop._active))
+        step()
+
+    monkeypatch.setattr(loop, "_step", counted)
+    return seen
+
+
+@pytest.fixture
+def admit_together(model, monkeypatch):
+    """Arm with `n`: the loop admits nothing until `n` more windows are queued, then all it can."""
+    loop = model.loop
+    submit, admit = loop.submit, loop._admit
+    counts = {"queued": 0, "expected": 0}
+    changed = threading.Condition()
+
+    def counted_submit(window):
+        done = submit(window)
+        with changed:
+            counts["queued"] += 1
+            changed.notify_all()
+        return done
+
+    def gated_admit():
+        with changed:
+            changed.wait_for(lambda: counts["queued"] >= counts["expected"])
+        loop._take_incoming(block=False)
+        admit()
+
+    def arm(n: int) -> None:
+        with changed:
+            counts.update(queued=0, expected=n)
+
+    monkeypatch.setattr(loop, "submit", counted_submit)
+    monkeypatch.setattr(loop, "_admit", gated_admit)
+    return arm
+
+
+def test_a_seeded_request_gives_the_same_tokens_alone_and_in_company(model, steps_seen, admit_together):
+    alone = [tokens(model, seed, spec) for seed, spec in MIXED]
+    assert max(steps_seen) == 1
+    steps_seen.clear()
+    admit_together(len(MIXED))
+    company = together(model, MIXED)
+    assert max(steps_seen) == SLOTS  # decoded together, never more than the slots: the last one waited
+    for mine, reference in zip(company, alone, strict=True):
+        assert torch.equal(mine, reference)
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_request_joins_a_running_batch_and_leaves_it_when_done(model, steps_seen):
+    long, short = (5, request(6)), (6, request(1))
+    alone = tokens(model, *long)
+    steps_seen.clear()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(tokens, model, *long)
+        wait_until(lambda: len(steps_seen) > 20)
+        second = pool.submit(tokens, model, *short)
+        assert torch.equal(first.result(), alone) and second.result().shape[-1] == 50
+    # the long one alone, then both, then the long one alone again
+    assert steps_seen[0] == 1 and 2 in steps_seen and steps_seen[-1] == 1
+    assert steps_seen.index(2) > 20 and len(steps_seen) > steps_seen.index(2) + steps_seen.count(2)
+
+
+def test_a_cancelled_request_leaves_at_once_and_the_others_go_on_untouched(model):
+    cancel = threading.Event()
+    doomed, kept = (7, request(20, cancelled=cancel)), (8, request(2))
+    alone = tokens(model, *kept)
+    with ThreadPoolExecutor(2) as pool:
+        cancelled = pool.submit(tokens, model, *doomed)
+        survivor = pool.submit(tokens, model, *kept)
+        wait_until(lambda: len(model.loop._active) == 2)
+        cancel.set()
+        with pytest.raises(GenerationCancelled):
+            cancelled.result(timeout=10)
+        assert torch.equal(survivor.result(), alone)
+    wait_until(lambda: not model.loop._active)
+    assert sorted(model.loop._free_slots) == list(range(SLOTS))
+
+
+def test_a_request_that_fails_fails_alone(model):
+    good = (9, request(2))
+    broken = (10, request(2, top_k=model.musicgen.lm.card + 1))  # torch.topk refuses: past the codebook
+    alone = tokens(model, *good)
+    failed, succeeded = together(model, [broken, good])
+    assert isinstance(failed, RuntimeError) and "out of range" in str(failed)
+    assert torch.equal(succeeded, alone)
+
+
+def test_a_failed_shared_step_fails_the_requests_in_it_and_the_loop_goes_on(model, monkeypatch):
+    decoder = model.loop.decoder
+    name = "step_all" if decoder.batched else "step_slot"
+    real, failures = getattr(decoder, name), list[int]()
+
+    def fails_once(*args):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(*args)
+
+    monkeypatch.setattr(decoder, name, fails_once)
+    outcome = together(model, [(11, request(1)), (12, request(1))])
+    assert sum(isinstance(o, RuntimeError) and "illegal memory access" in str(o) for o in outcome) >= 1
+    assert tokens(model, 13, request(1)).shape[-1] == 50
+
+
+def test_a_closed_loop_frees_its_cache_and_a_new_one_takes_over(tiny_weights):
+    loaded = load_model(tiny_weights, device="cpu", slots=2)
+    first = tokens(loaded, 14, request(1))
+    old = loaded.loop
+    assert old is not None
+    start_decoding_loop(loaded, slots=4)
+    assert old.decoder.caches == [] and not old._thread.is_alive()
+    assert loaded.loop is not None and loaded.loop.slots == 4 and torch.equal(tokens(loaded, 14, request(1)), first)

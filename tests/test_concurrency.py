@@ -1,0 +1,103 @@
+"""Concurrent predictions through the real Cog server: up to the limit at once, one shared decoding
+loop, and each client sees only its own audio, logs, cancellation and failure."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import soundfile
+
+from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
+from tests.cog_server import Receiver
+from tests.helpers import SAMPLE_RATE, write_tone
+
+
+def data_uri(path) -> str:
+    return "data:audio/wav;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def decoded(uri: str) -> tuple[str, Any]:
+    """(mime type, samples) of an output data URI."""
+    header, payload = uri.split(",", 1)
+    mime = header.removeprefix("data:").removesuffix(";base64")
+    return mime, soundfile.read(io.BytesIO(base64.b64decode(payload)))[0]
+
+
+def at_once(server, inputs: list[dict]) -> list[dict]:
+    """POST every input at the same time; the response bodies, in order."""
+    with ThreadPoolExecutor(len(inputs)) as pool:
+        return list(pool.map(lambda i: server.predict(input=i, when_ready=False).json(), inputs))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> str:
+    return data_uri(write_tone(tmp_path_factory.mktemp("clip") / "clip.wav", seconds=3.0))
+
+
+def test_eight_concurrent_requests_of_mixed_modes_all_succeed_with_their_own_files_and_logs(server, clip):
+    inputs = [
+        {"prompt": "text", "duration": 2, "seed": 100},
+        {"prompt": "mp3", "duration": 1, "seed": 101, "output_format": "mp3"},
+        {"prompt": "melody", "duration": 2, "seed": 102, "input_audio": clip},
+        {"prompt": "continue", "duration": 1, "seed": 103, "input_audio": clip, "continuation": True},
+        {"prompt": "mbd", "duration": 1, "seed": 104, "multi_band_diffusion": True},
+        {"prompt": "top p", "duration": 3, "seed": 105, "top_p": 0.9, "normalization_strategy": "peak"},
+        {"prompt": "argmax", "duration": 1, "seed": 106, "temperature": 0, "classifier_free_guidance": 1},
+        {"duration": 2, "seed": 107, "input_audio": clip, "output_format": "mp3"},  # no prompt: melody alone
+    ]
+    assert len(inputs) == DEFAULT_CONCURRENCY
+    bodies = at_once(server, inputs)
+    for given, body in zip(inputs, bodies, strict=True):
+        assert body["status"] == "succeeded", body.get("error")
+        mime, samples = decoded(body["output"])
+        assert mime == ("audio/mpeg" if given.get("output_format") == "mp3" else "audio/wav")
+        seconds = given["duration"] + (3 if given.get("continuation") else 0)
+        if mime == "audio/wav":
+            assert samples.shape == (seconds * SAMPLE_RATE,)
+        else:  # mp3 frames pad the end
+            assert seconds * SAMPLE_RATE <= samples.shape[0] < seconds * SAMPLE_RATE + 2 * 1152
+        assert re.findall(r"Using seed (\d+)", body["logs"]) == [str(given["seed"])]  # its own logs only
+
+
+def test_a_seeded_request_gives_the_same_audio_alone_and_in_company(server, clip):
+    seeded = {"prompt": "the same", "duration": 2, "seed": 4242, "top_k": 50}
+    alone = server.predict(input=seeded).json()
+    others = [{"prompt": f"other {i}", "duration": 1 + i % 3, "input_audio": clip} for i in range(5)]
+    together = at_once(server, [*others[:3], seeded, *others[3:]])
+    assert alone["status"] == together[3]["status"] == "succeeded"
+    assert together[3]["output"] == alone["output"]  # the very same bytes
+
+
+def test_one_cancelled_mid_way_while_two_others_finish(server):
+    receiver = Receiver()
+    try:
+        server.start("cancel-me", receiver, prompt="long", duration=120)
+        with ThreadPoolExecutor(2) as pool:
+            finishing = [
+                pool.submit(server.predict, input={"prompt": "x", "duration": 3, "seed": seed}, when_ready=False)
+                for seed in (1, 2)
+            ]
+            seconds_to_cancel = server.cancel_mid_way("cancel-me", receiver)
+            bodies = [f.result().json() for f in finishing]
+    finally:
+        receiver.close()
+    assert [b["status"] for b in bodies] == ["succeeded", "succeeded"]
+    assert all(decoded(b["output"])[1].shape == (3 * SAMPLE_RATE,) for b in bodies)
+    assert seconds_to_cancel < 2.0
+
+
+def test_failing_requests_beside_good_ones_fail_alone_with_todays_messages(server):
+    good: list[dict[str, Any]] = [{"prompt": f"good {i}", "duration": 2} for i in range(3)]
+    bad: list[dict[str, Any]] = [
+        {"prompt": "x", "top_k": 2049},
+        {"prompt": "x", "input_audio": "data:audio/wav;base64," + base64.b64encode(b"not audio" * 100).decode()},
+    ]
+    bodies = at_once(server, [good[0], bad[0], good[1], bad[1], good[2]])
+    assert [b["status"] for b in bodies] == ["succeeded", "failed", "succeeded", "failed", "succeeded"]
+    assert bodies[1]["error"].endswith("InputError: top_k must be between 0 and the codebook size 2048, got 2049")
+    assert "InputError: input_audio" in bodies[3]["error"]
