@@ -4,7 +4,9 @@ Each of N threads asks for the same duration (its own prompt and seed), all at o
 clients of the server would; the loop has N slots. Prints, for N = 1, 4, 8, 16, the wall time,
 the seconds of audio made per second, and both against N = 1.
 
-    python -m bench.concurrency [SECONDS]   (default 1 on a CPU, 8 on a GPU)
+    python -m bench.concurrency [SECONDS] [--all-slots]   (default 1 s on a CPU, 8 on a GPU)
+
+`--all-slots` runs a CPU's loop as a GPU's: every slot in one step (a CPU steps each slot alone).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ COUNTS = (1, 4, 8, 16)
 
 
 def main() -> None:
+    model, name = bench_model(slots=max(COUNTS))
     import torch
 
     from musicgen_cog.model.generation import GenerationRequest, generate_tokens
@@ -27,10 +30,11 @@ def main() -> None:
     from musicgen_cog.model.randomness import RequestRandomness
     from musicgen_cog.model.sampling import Sampling
 
-    model, name = bench_model(slots=max(COUNTS))
     cuda = name != "cpu"
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else (8.0 if cuda else 1.0)
-    print(f"{describe(model, name)}; each request {seconds:g} s of audio")
+    arguments = [a for a in sys.argv[1:] if a != "--all-slots"]
+    batched = True if "--all-slots" in sys.argv else None
+    seconds = float(arguments[0]) if arguments else (8.0 if cuda else 1.0)
+    print(f"{describe(model, name)}; each request {seconds:g} s of audio; all slots in one step: {batched or cuda}")
 
     def one(index: int, start: threading.Barrier) -> None:
         start.wait()
@@ -52,7 +56,7 @@ def main() -> None:
 
     rows = []
     for count in COUNTS:
-        start_decoding_loop(model, slots=count)  # the cache sized for the concurrency, as the server does
+        start_decoding_loop(model, slots=count, batched=batched)  # sized for the concurrency, as the server does
         run(count)  # warm-up: allocation, kernels, graph capture for this many slots
         elapsed = run(count)
         rows.append((count, elapsed, count * seconds / elapsed))

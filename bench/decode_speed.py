@@ -30,6 +30,7 @@ def measured_bandwidth(torch) -> float:
 
 
 def main() -> None:
+    model, name = bench_model(slots=1)
     import torch
 
     from musicgen_cog.model.generation import EXTEND_STRIDE, GenerationRequest, generate_tokens
@@ -37,7 +38,6 @@ def main() -> None:
     from musicgen_cog.model.randomness import RequestRandomness
     from musicgen_cog.model.sampling import Sampling
 
-    model, name = bench_model(slots=1)
     cuda = name != "cpu"
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else (8.0 if cuda else 3.0)
     musicgen, decoder = model.musicgen, model.loop.decoder

@@ -249,9 +249,10 @@ class CudaGraphStep:
         return self.logits
 
 
-def slot_decoder_for(musicgen: MusicGen, slots: int) -> SlotDecoder | None:
+def slot_decoder_for(musicgen: MusicGen, slots: int, batched: bool | None = None) -> SlotDecoder | None:
     """Our step for `musicgen`'s LM, or None for audiocraft's own loop (MUSICGEN_DECODER=audiocraft,
-    or an architecture the step does not reproduce)."""
+    or an architecture the step does not reproduce). `batched`: all slots in one step (default:
+    on a GPU only; a CPU can run it to compare)."""
     lm = musicgen.lm
     reason = unsupported_reason(lm)
     if decoder_choice() == "audiocraft" or reason:
@@ -260,4 +261,4 @@ def slot_decoder_for(musicgen: MusicGen, slots: int) -> SlotDecoder | None:
     # On a GPU, fixed shapes let each step be one CUDA graph replay; on a CPU, per-slot attention
     # reproduces audiocraft's numbers exactly and launch overhead matters little.
     cuda = next(lm.parameters()).is_cuda
-    return SlotDecoder(lm, slots, batched=cuda, graphs=cuda)
+    return SlotDecoder(lm, slots, batched=cuda if batched is None else batched, graphs=cuda)

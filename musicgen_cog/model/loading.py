@@ -133,12 +133,12 @@ def load_model(root: Path, finetune: Path | None = None, device: str | None = No
     return model
 
 
-def start_decoding_loop(model: LoadedModel, slots: int) -> None:
+def start_decoding_loop(model: LoadedModel, slots: int, batched: bool | None = None) -> None:
     """Give `model` a decoding loop with `slots` slots (closing any it had), unless its LM needs
-    audiocraft's own loop."""
+    audiocraft's own loop; `batched` as `slot_decoder_for` takes it."""
     if model.loop is not None:
         model.loop.close()
-    decoder = slot_decoder_for(model.musicgen, slots)
+    decoder = slot_decoder_for(model.musicgen, slots, batched)
     model.loop = None if decoder is None else DecodingLoop(decoder, model.autocast)
 
 
