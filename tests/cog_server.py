@@ -73,13 +73,24 @@ class CogServer:
         raise TimeoutError(f"server stayed {self.health()['status']}, wanted {statuses}")
 
     def predict(
-        self, timeout: float = 300, headers: dict | None = None, when_ready: bool = True, **body
+        self,
+        timeout: float = 300,
+        headers: dict | None = None,
+        when_ready: bool = True,
+        retry_busy: bool = True,
+        **body,
     ) -> requests.Response:
-        """POST /predictions; first wait for READY, as coglet 0.23 frees its slot only just after
-        answering a failed prediction (an immediate next request can get a spurious 409)."""
+        """POST /predictions, first waiting for READY if asked; a 409 (every slot busy) is retried
+        for up to 30 s unless `retry_busy` is off: coglet 0.23 frees a slot only just after
+        answering its prediction, so a client that sends again at once can meet a full server."""
         if when_ready:
             self.wait_for("READY", timeout=60)
-        return requests.post(f"{self.url}/predictions", json=body, headers=headers, timeout=timeout)
+        deadline = time.monotonic() + 30
+        while True:
+            response = requests.post(f"{self.url}/predictions", json=body, headers=headers, timeout=timeout)
+            if response.status_code != 409 or not retry_busy or time.monotonic() > deadline:
+                return response
+            time.sleep(0.1)
 
     def start(self, prediction_id: str, receiver: Receiver, **prediction_input) -> None:
         """Start an async prediction whose webhooks go to `receiver`."""

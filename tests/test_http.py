@@ -186,7 +186,7 @@ def test_a_request_past_the_concurrency_limit_gets_409(server):
         assert response.status_code == 202
     try:
         server.wait_for("BUSY", timeout=10)
-        extra = server.predict(input={"prompt": "x", "duration": 1}, when_ready=False)
+        extra = server.predict(input={"prompt": "x", "duration": 1}, when_ready=False, retry_busy=False)
         assert extra.status_code == 409 and server.health()["status"] == "BUSY"
     finally:
         for prediction_id in ids:

@@ -15,7 +15,7 @@ from ..errors import InputError
 
 MAX_DURATION = 300  # seconds of new audio per request (windowed beyond the model's 30 s)
 MAX_PROMPT_CHARACTERS = 2000  # T5 was trained on short texts and audiocraft does not truncate them
-SEED_RANGE = (0, 2**32 - 1)  # what numpy's seeding accepts
+SEED_RANGE = (0, 2**32 - 1)  # the hosted model's range (it seeds numpy, which accepts no more)
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,7 @@ class Window:
         """Write sampled tokens [1, K, 1] at `offset`, as audiocraft does: masked places get the
         special token, prompt tokens are never overwritten."""
         offset = self.offset
-        tokens = tokens.clone()
-        tokens[~self.mask[None, :, offset : offset + 1]] = self.special_token
+        tokens = torch.where(self.mask[None, :, offset : offset + 1], tokens, self.special_token)  # no host sync
         current = self.sequence[..., offset : offset + 1]
         self.sequence[..., offset : offset + 1] = torch.where(current == UNKNOWN_TOKEN, tokens, current)
         self.offset += 1
@@ -85,6 +84,7 @@ class DecodingLoop:
         self._active: list[Window] = []
         self._free_slots = list(range(decoder.slots))
         self._tokens: torch.Tensor | None = None  # every row's input of the batched step
+        self._positions = torch.zeros(0, dtype=torch.long)  # and its cache position (host side)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="decoding-loop", daemon=True)
         self._thread.start()
@@ -93,8 +93,14 @@ class DecodingLoop:
     def slots(self) -> int:
         return self.decoder.slots
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, window: Window) -> Future:
         """Queue `window`; the future gives its filled sequence, or the reason it failed."""
+        if self._closed or not self.alive:
+            raise RuntimeError("the decoding loop is closed")
         self._incoming.put(window)
         return window.done
 
@@ -153,13 +159,13 @@ class DecodingLoop:
             window.slot = self._free_slots.pop(0)
             self._active.append(window)
             try:
-                with self.autocast():
+                with self.autocast():  # sampling too: audiocraft samples under autocast
                     prefix = window.sequence[..., : window.first_step]
                     steps = window.sequence.shape[-1] - window.first_step
                     pair = torch.cat([prefix, prefix])
                     logits, filled = self.decoder.prefill(window.slot, pair, window.conditions, steps)
-                window.offset, window.position = window.first_step, filled
-                self._sample_into(window, logits)
+                    window.offset, window.position = window.first_step, filled
+                    self._sample_into(window, logits)
             except Exception as exc:  # this request's prefix or numbers: it fails alone
                 log.exception("a request failed while joining the batch")
                 self._leave(window, exc)
@@ -188,13 +194,13 @@ class DecodingLoop:
         first = self._active[0].sequence
         if self._tokens is None:
             self._tokens = first.new_zeros(decoder.rows, first.shape[1], 1)
-            self._positions = torch.zeros(decoder.rows, dtype=torch.long)
+            self._positions = torch.zeros(decoder.rows, dtype=torch.long, pin_memory=first.is_cuda)
         for window in self._active:
             rows = slice(2 * window.slot, 2 * window.slot + 2)
             self._tokens[rows] = window.last_tokens()
             self._positions[rows] = window.position
         furthest = max(window.position for window in self._active)
-        logits = decoder.step_all(self._tokens, self._positions.to(first.device), furthest)
+        logits = decoder.step_all(self._tokens, self._positions.to(first.device, non_blocking=True), furthest)
         return {w.slot: logits[2 * w.slot : 2 * w.slot + 2] for w in self._active}
 
     def _sample_into(self, window: Window, pair: torch.Tensor) -> None:

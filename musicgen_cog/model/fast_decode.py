@@ -2,7 +2,7 @@
 
 audiocraft rebuilds every layer's KV cache with `torch.cat` at each step and walks its modules
 through Python streaming state, one request at a time. Here each request owns a slot: two rows
-of one cache allocated once (its conditional and unconditional CFG rows). A request's prefix
+(its conditional and unconditional CFG rows) of one cache, sized at first use for a whole window. A request's prefix
 (its conditions and any audio prompt) runs audiocraft's own forward; the keys and values it
 leaves are copied into the slot, and every later step runs one function over the cache with
 audiocraft's own modules.
@@ -36,6 +36,9 @@ DECODER_ENV = "MUSICGEN_DECODER"  # "fast" (default) or "audiocraft"
 # Fixed-shape steps attend to whole buckets of the cache: smaller buckets read fewer unused
 # keys/values per step, larger ones need fewer graphs (a 30 s window spans 7 of 256).
 KV_BUCKET = 256
+# Condition tokens a request usually puts before its window (a prompt's T5 tokens, 235 chroma
+# frames of a 30 s melody): the cache is sized for a whole window after this many at first use.
+TYPICAL_PREFIX = 512
 Caches = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [rows, heads, length, head_dim]
 
 
@@ -77,7 +80,9 @@ def decoder_choice() -> str:
 class SlotDecoder:
     """The LM's forward for requests held in `slots` slots of one KV cache (rows 2s and 2s+1: slot s)."""
 
-    def __init__(self, lm: LMModel, slots: int, batched: bool = False, graphs: bool = False):
+    def __init__(
+        self, lm: LMModel, slots: int, batched: bool = False, graphs: bool = False, min_length: int = KV_BUCKET
+    ):
         # Any: audiocraft's submodules are reached by attribute, which torch types as `Tensor | Module`
         self.lm: tp.Any = lm
         self.slots = slots
@@ -85,6 +90,7 @@ class SlotDecoder:
         self.graphs_enabled = graphs  # replay captured steps (CUDA); turned off for good if a capture fails
         self.graphs: dict[tuple, CudaGraphStep] = {}  # by (rows, attended length); valid for these caches
         self.caches: Caches = []
+        self.min_length = min_length  # positions allocated at first use: growing later drops every graph
 
     @property
     def rows(self) -> int:
@@ -119,6 +125,7 @@ class SlotDecoder:
         """Allocate (or grow, keeping every slot's entries) the cache to hold `needed` positions."""
         if self.caches and self.cache_length() >= needed and self.caches[0][0].dtype == like.dtype:
             return
+        needed = max(needed, self.min_length, self.cache_length())
         length = -(-needed // KV_BUCKET) * KV_BUCKET  # whole buckets
         _, heads, _, head_dim = like.shape
         old = self.caches
@@ -261,4 +268,11 @@ def slot_decoder_for(musicgen: MusicGen, slots: int, batched: bool | None = None
     # On a GPU, fixed shapes let each step be one CUDA graph replay; on a CPU, per-slot attention
     # reproduces audiocraft's numbers exactly and launch overhead matters little.
     cuda = next(lm.parameters()).is_cuda
-    return SlotDecoder(lm, slots, batched=cuda if batched is None else batched, graphs=cuda)
+    window_steps = int(musicgen.max_duration * musicgen.frame_rate) + lm.num_codebooks + 1
+    return SlotDecoder(
+        lm,
+        slots,
+        batched=cuda if batched is None else batched,
+        graphs=cuda,
+        min_length=window_steps + TYPICAL_PREFIX,
+    )

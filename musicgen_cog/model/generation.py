@@ -9,6 +9,7 @@ reproduce) each window runs audiocraft's own `LMModel.generate`, one request at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -180,6 +181,8 @@ def _decode_window(
             break
         except FutureTimeout:
             progress.report()
+            if not model.loop.alive:
+                raise RuntimeError("the decoding loop stopped") from None
     progress.report()
     codes, _, _ = pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)
     codes = codes[..., :frames]
@@ -200,11 +203,18 @@ def _audiocraft_window(
     global generators that hold this request's streams meanwhile."""
 
     def step_done(_done: int, _total: int) -> None:
+        _stop_if_cancelled(request)  # audiocraft's streaming state is reset on the way out
         progress.advance()
         progress.report()
 
     sampling = request.sampling
-    with model.exclusive, randomness.python_random(), randomness.torch_default(), model.musicgen.autocast:
+    while not model.exclusive.acquire(timeout=REPORT_INTERVAL):  # another request holds audiocraft's loop
+        _stop_if_cancelled(request)
+    with contextlib.ExitStack() as held:
+        held.callback(model.exclusive.release)
+        held.enter_context(randomness.python_random())
+        held.enter_context(randomness.torch_default())
+        held.enter_context(model.musicgen.autocast)
         return model.musicgen.lm.generate(
             prompt,
             attributes,

@@ -139,7 +139,7 @@ def wait_until(condition, timeout: float = 60.0) -> None:
 
 
 def test_a_request_joins_a_running_batch_and_leaves_it_when_done(model, steps_seen):
-    long, short = (5, request(6)), (6, request(1))
+    long, short = (5, request(10)), (6, request(1))
     alone = tokens(model, *long)
     steps_seen.clear()
     with ThreadPoolExecutor(2) as pool:
@@ -152,10 +152,11 @@ def test_a_request_joins_a_running_batch_and_leaves_it_when_done(model, steps_se
     assert steps_seen.index(2) > 20 and len(steps_seen) > steps_seen.index(2) + steps_seen.count(2)
 
 
-def test_a_cancelled_request_leaves_at_once_and_the_others_go_on_untouched(model):
+def test_a_cancelled_request_leaves_at_once_and_the_others_go_on_untouched(model, admit_together):
     cancel = threading.Event()
     doomed, kept = (7, request(20, cancelled=cancel)), (8, request(2))
     alone = tokens(model, *kept)
+    admit_together(2)
     with ThreadPoolExecutor(2) as pool:
         cancelled = pool.submit(tokens, model, *doomed)
         survivor = pool.submit(tokens, model, *kept)
@@ -168,6 +169,34 @@ def test_a_cancelled_request_leaves_at_once_and_the_others_go_on_untouched(model
     assert sorted(model.loop._free_slots) == list(range(SLOTS))
 
 
+def test_a_request_waiting_for_a_slot_can_be_cancelled(model, admit_together):
+    cancel = threading.Event()
+    busy = [(20 + i, request(4)) for i in range(SLOTS)]
+    waiting = (30, request(1, cancelled=cancel))
+    admit_together(SLOTS + 1)
+    with ThreadPoolExecutor(SLOTS + 1) as pool:
+        running = [pool.submit(tokens, model, *spec) for spec in busy]
+        cancelled = pool.submit(tokens, model, *waiting)
+        wait_until(lambda: len(model.loop._waiting) == 1 and len(model.loop._active) == SLOTS)
+        cancel.set()
+        with pytest.raises(GenerationCancelled):
+            cancelled.result(timeout=10)
+        assert all(r.running() for r in running)  # it left without waiting for a slot
+        assert all(r.result().shape[-1] == 200 for r in running)
+
+
+def test_company_far_along_the_cache_does_not_change_a_requests_tokens(model):
+    """The all-slots step attends as far as the furthest request: a short request beside a long
+    one meets other attended lengths than alone, and must not see it in its tokens."""
+    short, long = (15, request(3)), (16, request(14))
+    alone = tokens(model, *short)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(tokens, model, *long)
+        wait_until(lambda: any(w.position > 2 * 256 for w in list(model.loop._active)))
+        assert torch.equal(pool.submit(tokens, model, *short).result(), alone)
+        first.result()
+
+
 def test_a_request_that_fails_fails_alone(model):
     good = (9, request(2))
     broken = (10, request(2, top_k=model.musicgen.lm.card + 1))  # torch.topk refuses: past the codebook
@@ -177,7 +206,7 @@ def test_a_request_that_fails_fails_alone(model):
     assert torch.equal(succeeded, alone)
 
 
-def test_a_failed_shared_step_fails_the_requests_in_it_and_the_loop_goes_on(model, monkeypatch):
+def test_a_failed_shared_step_fails_the_requests_in_it_and_the_loop_goes_on(model, monkeypatch, admit_together):
     decoder = model.loop.decoder
     name = "step_all" if decoder.batched else "step_slot"
     real, failures = getattr(decoder, name), list[int]()
@@ -189,8 +218,9 @@ def test_a_failed_shared_step_fails_the_requests_in_it_and_the_loop_goes_on(mode
         return real(*args)
 
     monkeypatch.setattr(decoder, name, fails_once)
+    admit_together(2)  # both in the first step, the one that fails
     outcome = together(model, [(11, request(1)), (12, request(1))])
-    assert sum(isinstance(o, RuntimeError) and "illegal memory access" in str(o) for o in outcome) >= 1
+    assert all(isinstance(o, RuntimeError) and "illegal memory access" in str(o) for o in outcome)
     assert tokens(model, 13, request(1)).shape[-1] == 50
 
 
@@ -202,3 +232,5 @@ def test_a_closed_loop_frees_its_cache_and_a_new_one_takes_over(tiny_weights):
     start_decoding_loop(loaded, slots=4)
     assert old.decoder.caches == [] and not old._thread.is_alive()
     assert loaded.loop is not None and loaded.loop.slots == 4 and torch.equal(tokens(loaded, 14, request(1)), first)
+    with pytest.raises(RuntimeError, match="the decoding loop is closed"):
+        old.submit(object())  # type: ignore[arg-type]  # refused before it is even looked at

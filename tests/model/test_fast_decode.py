@@ -1,8 +1,10 @@
 """Our decoding (shared loop, static-cache step) gives exactly audiocraft's tokens (fp32, CPU, fixed seed)."""
 
-import contextlib
 import logging
 import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 
 from musicgen_cog.audio.decoding import Audio
 from musicgen_cog.model import fast_decode
-from musicgen_cog.model.decoding_loop import DecodingLoop
+from musicgen_cog.model.decoding_loop import DecodingLoop, GenerationCancelled
 from musicgen_cog.model.fast_decode import DECODER_ENV, KV_BUCKET, CudaGraphStep, SlotDecoder, unsupported_reason
 from musicgen_cog.model.generation import GenerationRequest, generate_tokens
 from musicgen_cog.model.loading import load_model
@@ -72,19 +74,18 @@ def ours(model, mode: str, seed: int = SEED, seconds: float | None = None, **sam
     return generate_tokens(model, request, RequestRandomness(seed, model.musicgen.device))
 
 
-def audiocrafts(model, mode: str, seed: int = SEED, autocast=None, **sampling) -> torch.Tensor:
+def audiocrafts(model, mode: str, seed: int = SEED, **sampling) -> torch.Tensor:
     """audiocraft's own generate, seeded as a request alone would be."""
     musicgen = model.musicgen
     musicgen.set_generation_params(duration=MODES[mode], **{"top_k": 250, "top_p": 0.0, "temperature": 1.0, **sampling})
     melody = melody_clip()
     random.seed(seed)
     torch.manual_seed(seed)
-    with torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext():
-        if mode == "melody":
-            return musicgen.generate_with_chroma(["jazz"], melody, 32000, return_tokens=True)[1]
-        if mode == "continuation":
-            return musicgen.generate_continuation(melody[..., :32000], 32000, ["jazz"], return_tokens=True)[1]
-        return musicgen.generate(["jazz"], return_tokens=True)[1]
+    if mode == "melody":
+        return musicgen.generate_with_chroma(["jazz"], melody, 32000, return_tokens=True)[1]
+    if mode == "continuation":
+        return musicgen.generate_continuation(melody[..., :32000], 32000, ["jazz"], return_tokens=True)[1]
+    return musicgen.generate(["jazz"], return_tokens=True)[1]
 
 
 @pytest.mark.parametrize("sampling", SAMPLING, ids=list(SAMPLING))
@@ -225,3 +226,30 @@ def test_an_architecture_we_do_not_reproduce_falls_back_to_audiocraft(tiny_weigh
     assert "cross-attention" in str(unsupported_reason(model.musicgen.lm))
     expected = "decoding with audiocraft's own loop, one request at a time (conditions fused"
     assert any(expected in r.getMessage() for r in logs.records)
+
+
+def test_audiocrafts_loop_stops_at_a_cancel_and_a_request_waiting_for_it_too(tiny_weights, monkeypatch):
+    """audiocraft's own loop serves one request at a time: both the running one and one waiting
+    for it leave when cancelled (an async predict's thread cannot be interrupted otherwise)."""
+    monkeypatch.setenv(DECODER_ENV, "audiocraft")
+    fallback = load_model(tiny_weights, device="cpu")
+    running, waiting = threading.Event(), threading.Event()
+
+    def long(cancelled):
+        sampling = Sampling(250, 0.0, 1.0, 3.0)
+        request = GenerationRequest(prompt="x", duration=25, sampling=sampling, cancelled=cancelled)
+        return generate_tokens(fallback, request, RequestRandomness(1, "cpu"))
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(long, running)
+        while not fallback.exclusive.locked():
+            time.sleep(0.01)
+        second = pool.submit(long, waiting)
+        waiting.set()
+        with pytest.raises(GenerationCancelled):
+            second.result(timeout=5)
+        assert first.running()
+        running.set()
+        with pytest.raises(GenerationCancelled):
+            first.result(timeout=5)
+    assert not fallback.exclusive.locked()
