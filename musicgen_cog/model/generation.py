@@ -22,7 +22,7 @@ from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, Condi
 
 from ..audio.decoding import Audio
 from ..errors import InputError
-from .decoding_loop import UNKNOWN_TOKEN, GenerationCancelled, Window
+from .decoding_loop import UNKNOWN_TOKEN, DecodingLoop, GenerationCancelled, Window
 from .loading import LoadedModel
 from .progress import StepProgress, planned_steps
 from .randomness import RequestRandomness
@@ -86,147 +86,129 @@ def generate_tokens(model: LoadedModel, request: GenerationRequest, randomness: 
             attributes, prompt_tokens = musicgen._prepare_tokens_and_attributes(descriptions, None)
         prompt_frames = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
         progress = StepProgress(planned_steps(musicgen, total, prompt_frames, EXTEND_STRIDE))
-        tokens = _generate_tokens(model, request, attributes, prompt_tokens, total, randomness, progress)
+        tokens = _Decoding(model, request, attributes, randomness, progress).tokens(prompt_tokens, total)
     progress.finish()
     return tokens
 
 
-def _generate_tokens(
-    model: LoadedModel,
-    request: GenerationRequest,
-    attributes: list[ConditioningAttributes],
-    prompt_tokens: torch.Tensor | None,
-    duration: float,
-    randomness: RequestRandomness,
-    progress: StepProgress,
-) -> torch.Tensor:
-    """Tokens [1, K, frames] for `duration` s (prompt included): one window, or audiocraft's windows."""
-    musicgen = model.musicgen
-    rate, window = musicgen.frame_rate, musicgen.max_duration
-    total_frames = int(duration * rate)
+@dataclass
+class _Decoding:
+    """One request's token decoding: what each of its windows needs."""
 
-    def decode(prompt: torch.Tensor | None, frames: int) -> torch.Tensor:
-        return _decode_window(model, request, attributes, prompt, frames, randomness, progress)
+    model: LoadedModel
+    request: GenerationRequest
+    attributes: list[ConditioningAttributes]
+    randomness: RequestRandomness
+    progress: StepProgress
 
-    if duration <= window:
-        return decode(prompt_tokens, total_frames)
-    ref_wav = attributes[0].wav["self_wav"]
-    pieces = [] if prompt_tokens is None else [prompt_tokens]
-    prompt_length = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
-    stride = int(rate * EXTEND_STRIDE)
-    offset = 0
-    while offset + prompt_length < total_frames:
-        time_offset = offset / rate
-        frames = int(min(duration - time_offset, window) * rate)
-        wav_length = int(ref_wav.length.item())
-        if wav_length > 0:  # the melody, looped if it is shorter than the music
-            start = int(time_offset * musicgen.sample_rate)
-            target = int(window * musicgen.sample_rate)
-            positions = torch.arange(start, start + target, device=musicgen.device)
-            attributes[0].wav["self_wav"] = WavCondition(
-                ref_wav[0][..., positions % wav_length],
-                torch.full_like(ref_wav[1], target),
-                [musicgen.sample_rate] * ref_wav[0].size(0),
-                [None],
-                [0.0],
-            )
-        tokens = decode(prompt_tokens, frames)
-        pieces.append(tokens if prompt_tokens is None else tokens[:, :, prompt_tokens.shape[-1] :])
-        prompt_tokens = tokens[:, :, stride:]
-        prompt_length = prompt_tokens.shape[-1]
-        offset += stride
-    return torch.cat(pieces, dim=-1)
+    def tokens(self, prompt_tokens: torch.Tensor | None, duration: float) -> torch.Tensor:
+        """Tokens [1, K, frames] for `duration` s (prompt included): one window, or audiocraft's windows."""
+        musicgen = self.model.musicgen
+        rate, window = musicgen.frame_rate, musicgen.max_duration
+        total_frames = int(duration * rate)
+        if duration <= window:
+            return self.window(prompt_tokens, total_frames)
+        ref_wav = self.attributes[0].wav["self_wav"]
+        pieces = [] if prompt_tokens is None else [prompt_tokens]
+        stride = int(rate * EXTEND_STRIDE)
+        offset = 0
+        while offset + (0 if prompt_tokens is None else prompt_tokens.shape[-1]) < total_frames:
+            time_offset = offset / rate
+            frames = int(min(duration - time_offset, window) * rate)
+            wav_length = int(ref_wav.length.item())
+            if wav_length > 0:  # the melody, looped if it is shorter than the music
+                start = int(time_offset * musicgen.sample_rate)
+                target = int(window * musicgen.sample_rate)
+                positions = torch.arange(start, start + target, device=musicgen.device)
+                self.attributes[0].wav["self_wav"] = WavCondition(
+                    ref_wav[0][..., positions % wav_length],
+                    torch.full_like(ref_wav[1], target),
+                    [musicgen.sample_rate] * ref_wav[0].size(0),
+                    [None],
+                    [0.0],
+                )
+            tokens = self.window(prompt_tokens, frames)
+            pieces.append(tokens if prompt_tokens is None else tokens[:, :, prompt_tokens.shape[-1] :])
+            prompt_tokens = tokens[:, :, stride:]
+            offset += stride
+        return torch.cat(pieces, dim=-1)
 
+    def window(self, prompt: torch.Tensor | None, frames: int) -> torch.Tensor:
+        """Tokens [1, K, frames] of one window after `prompt` [1, K, T] (kept at its start)."""
+        _stop_if_cancelled(self.request)
+        if self.model.loop is None:
+            return self._in_audiocrafts_loop(prompt, frames)
+        return self._in_shared_loop(self.model.loop, prompt, frames)
 
-def _decode_window(
-    model: LoadedModel,
-    request: GenerationRequest,
-    attributes: list[ConditioningAttributes],
-    prompt: torch.Tensor | None,
-    frames: int,
-    randomness: RequestRandomness,
-    progress: StepProgress,
-) -> torch.Tensor:
-    """Tokens [1, K, frames] of one window after `prompt` [1, K, T] (kept at its start)."""
-    _stop_if_cancelled(request)
-    if model.loop is None:
-        return _audiocraft_window(model, request, attributes, prompt, frames, randomness, progress)
-    musicgen, lm = model.musicgen, model.musicgen.lm
-    with randomness.python_random(), model.autocast():  # demucs draws its shifts from python's random
-        pair = attributes + ClassifierFreeGuidanceDropout(p=1.0)(attributes)
-        conditions = lm.condition_provider(lm.condition_provider.tokenize(pair))
-    if prompt is None:
-        prompt = torch.zeros((1, lm.num_codebooks, 0), dtype=torch.long, device=musicgen.device)
-    pattern = lm.pattern_provider.get_pattern(frames)
-    codes = torch.full((1, lm.num_codebooks, frames), UNKNOWN_TOKEN, dtype=torch.long, device=musicgen.device)
-    codes[..., : prompt.shape[-1]] = prompt
-    sequence, _, mask = pattern.build_pattern_sequence(codes, lm.special_token_id)
-    first_step = pattern.get_first_step_with_timesteps(prompt.shape[-1])
-    assert first_step is not None, "audiocraft's generate asserts the same of every prompt it takes"
-    window = Window(
-        sequence=sequence,
-        mask=mask,
-        first_step=first_step,
-        conditions=conditions,
-        sampling=request.sampling,
-        generator=randomness.generator,
-        special_token=lm.special_token_id,
-        on_step=progress.advance,
-        cancelled=request.cancelled,
-    )
-    done = model.loop.submit(window)
-    while True:
-        try:
-            filled = done.result(timeout=REPORT_INTERVAL)
-            break
-        except FutureTimeout:
-            progress.report()
-            if not model.loop.alive:
-                raise RuntimeError("the decoding loop stopped") from None
-    progress.report()
-    codes, _, _ = pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)
-    codes = codes[..., :frames]
-    assert (codes >= 0).all() and (codes <= lm.card).all(), "every token of the window was generated"
-    return codes
-
-
-def _audiocraft_window(
-    model: LoadedModel,
-    request: GenerationRequest,
-    attributes: list[ConditioningAttributes],
-    prompt: torch.Tensor | None,
-    frames: int,
-    randomness: RequestRandomness,
-    progress: StepProgress,
-) -> torch.Tensor:
-    """One window through audiocraft's own `LMModel.generate`: one request at a time, drawing from
-    global generators that hold this request's streams meanwhile."""
-
-    def step_done(_done: int, _total: int) -> None:
-        _stop_if_cancelled(request)  # audiocraft's streaming state is reset on the way out
-        progress.advance()
-        progress.report()
-
-    sampling = request.sampling
-    while not model.exclusive.acquire(timeout=REPORT_INTERVAL):  # another request holds audiocraft's loop
-        _stop_if_cancelled(request)
-    with contextlib.ExitStack() as held:
-        held.callback(model.exclusive.release)
-        held.enter_context(randomness.python_random())
-        held.enter_context(randomness.torch_default())
-        held.enter_context(model.musicgen.autocast)
-        return model.musicgen.lm.generate(
-            prompt,
-            attributes,
-            callback=step_done,
-            max_gen_len=frames,
-            use_sampling=True,
-            temp=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            cfg_coef=sampling.cfg_coef,
-            two_step_cfg=False,
+    def _in_shared_loop(self, loop: DecodingLoop, prompt: torch.Tensor | None, frames: int) -> torch.Tensor:
+        musicgen, lm = self.model.musicgen, self.model.musicgen.lm
+        with self.randomness.python_random(), self.model.autocast():  # demucs draws its shifts from python's random
+            pair = self.attributes + ClassifierFreeGuidanceDropout(p=1.0)(self.attributes)
+            conditions = lm.condition_provider(lm.condition_provider.tokenize(pair))
+        if prompt is None:
+            prompt = torch.zeros((1, lm.num_codebooks, 0), dtype=torch.long, device=musicgen.device)
+        pattern = lm.pattern_provider.get_pattern(frames)
+        codes = torch.full((1, lm.num_codebooks, frames), UNKNOWN_TOKEN, dtype=torch.long, device=musicgen.device)
+        codes[..., : prompt.shape[-1]] = prompt
+        sequence, _, mask = pattern.build_pattern_sequence(codes, lm.special_token_id)
+        first_step = pattern.get_first_step_with_timesteps(prompt.shape[-1])
+        assert first_step is not None, "audiocraft's generate asserts the same of every prompt it takes"
+        window = Window(
+            sequence=sequence,
+            mask=mask,
+            first_step=first_step,
+            conditions=conditions,
+            sampling=self.request.sampling,
+            generator=self.randomness.generator,
+            special_token=lm.special_token_id,
+            on_step=self.progress.advance,
+            cancelled=self.request.cancelled,
         )
+        done = loop.submit(window)
+        while True:
+            try:
+                filled = done.result(timeout=REPORT_INTERVAL)
+                break
+            except FutureTimeout:
+                self.progress.report()
+                if not loop.alive:
+                    raise RuntimeError("the decoding loop stopped") from None
+        self.progress.report()
+        codes, _, _ = pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)
+        codes = codes[..., :frames]
+        assert (codes >= 0).all() and (codes <= lm.card).all(), "every token of the window was generated"
+        return codes
+
+    def _in_audiocrafts_loop(self, prompt: torch.Tensor | None, frames: int) -> torch.Tensor:
+        """audiocraft's own `LMModel.generate`: one request at a time, drawing from global
+        generators that hold this request's streams meanwhile."""
+        model, request, progress = self.model, self.request, self.progress
+
+        def step_done(_done: int, _total: int) -> None:
+            _stop_if_cancelled(request)  # audiocraft's streaming state is reset on the way out
+            progress.advance()
+            progress.report()
+
+        while not model.exclusive.acquire(timeout=REPORT_INTERVAL):  # another request holds audiocraft's loop
+            _stop_if_cancelled(request)
+        sampling = request.sampling
+        with contextlib.ExitStack() as held:
+            held.callback(model.exclusive.release)
+            held.enter_context(self.randomness.python_random())
+            held.enter_context(self.randomness.torch_default())
+            held.enter_context(model.musicgen.autocast)
+            return model.musicgen.lm.generate(
+                prompt,
+                self.attributes,
+                callback=step_done,
+                max_gen_len=frames,
+                use_sampling=True,
+                temp=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                cfg_coef=sampling.cfg_coef,
+                two_step_cfg=False,
+            )
 
 
 def _stop_if_cancelled(request: GenerationRequest) -> None:

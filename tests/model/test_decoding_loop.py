@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from musicgen_cog.audio.decoding import Audio
-from musicgen_cog.model.decoding_loop import DecodingLoop, GenerationCancelled
-from musicgen_cog.model.fast_decode import SlotDecoder
+from musicgen_cog.model.decoding_loop import GenerationCancelled
 from musicgen_cog.model.generation import GenerationRequest, generate_tokens
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.randomness import RequestRandomness
@@ -69,9 +68,7 @@ def model(request, tiny_weights):
     """A CPU model with SLOTS slots, stepping per slot (as on a CPU) or all slots at once (as on a GPU)."""
     loaded = load_model(tiny_weights, device="cpu", slots=SLOTS)
     if request.param == "all-slots":
-        assert loaded.loop is not None
-        loaded.loop.close()
-        loaded.loop = DecodingLoop(SlotDecoder(loaded.musicgen.lm, SLOTS, batched=True), loaded.autocast)
+        start_decoding_loop(loaded, SLOTS, batched=True)
     return loaded
 
 
