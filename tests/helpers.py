@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -39,6 +40,11 @@ HOSTED_API = json.loads((Path(__file__).parent / "data" / "hosted_api.json").rea
 def predict_now(predictor: Any, **inputs: Any) -> Path:
     """Run `predictor.predict` (a coroutine: Cog runs several at once) to its end, as Cog would."""
     return Path(asyncio.run(predictor.predict(**inputs)))
+
+
+def data_uri(content: bytes, mime: str = "audio/wav") -> str:
+    """`content` as a data URI, the way a client uploads a file inline."""
+    return f"data:{mime};base64," + base64.b64encode(content).decode()
 
 
 def samples_per_frame(musicgen: Any) -> int:

@@ -14,11 +14,7 @@ import soundfile
 
 from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
 from tests.cog_server import Receiver
-from tests.helpers import SAMPLE_RATE, write_tone
-
-
-def data_uri(path) -> str:
-    return "data:audio/wav;base64," + base64.b64encode(path.read_bytes()).decode()
+from tests.helpers import SAMPLE_RATE, data_uri, write_tone
 
 
 def decoded(uri: str) -> tuple[str, Any]:
@@ -36,7 +32,7 @@ def at_once(server, inputs: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> str:
-    return data_uri(write_tone(tmp_path_factory.mktemp("clip") / "clip.wav", seconds=3.0))
+    return data_uri(write_tone(tmp_path_factory.mktemp("clip") / "clip.wav", seconds=3.0).read_bytes())
 
 
 def test_eight_concurrent_requests_of_mixed_modes_all_succeed_with_their_own_files_and_logs(server, clip):
@@ -95,7 +91,7 @@ def test_failing_requests_beside_good_ones_fail_alone_with_todays_messages(serve
     good: list[dict[str, Any]] = [{"prompt": f"good {i}", "duration": 2} for i in range(3)]
     bad: list[dict[str, Any]] = [
         {"prompt": "x", "top_k": 2049},
-        {"prompt": "x", "input_audio": "data:audio/wav;base64," + base64.b64encode(b"not audio" * 100).decode()},
+        {"prompt": "x", "input_audio": data_uri(b"not audio" * 100)},
     ]
     bodies = at_once(server, [good[0], bad[0], good[1], bad[1], good[2]])
     assert [b["status"] for b in bodies] == ["succeeded", "failed", "succeeded", "failed", "succeeded"]

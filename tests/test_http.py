@@ -15,17 +15,13 @@ import soundfile
 
 from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
 from tests.cog_server import CogServer, Receiver
-from tests.helpers import HOSTED_API, SAMPLE_RATE, decoding_steps, write_tone
+from tests.helpers import HOSTED_API, SAMPLE_RATE, data_uri, decoding_steps, write_tone
 
 
 def data_uri_audio(uri: str) -> tuple[np.ndarray, int]:
     header, encoded = uri.split(",", 1)
     assert header == "data:audio/wav;base64"
     return soundfile.read(io.BytesIO(base64.b64decode(encoded)))
-
-
-def as_data_uri(path, mime="audio/wav") -> str:
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 # --- the schema contract -----------------------------------------------------------------------
@@ -86,7 +82,12 @@ def test_omitted_optional_inputs_are_accepted(server):
 def test_melody_from_an_uploaded_data_uri(server, tmp_path):
     melody = write_tone(tmp_path / "m.mp3", seconds=2.0, sample_rate=48000, channels=2)
     body = server.predict(
-        input={"prompt": "x", "duration": 1, "input_audio": as_data_uri(melody, "audio/mpeg"), "output_format": "mp3"}
+        input={
+            "prompt": "x",
+            "duration": 1,
+            "input_audio": data_uri(melody.read_bytes(), "audio/mpeg"),
+            "output_format": "mp3",
+        }
     ).json()
     assert body["status"] == "succeeded", body.get("error")
     assert body["output"].startswith("data:audio/mpeg;base64,")
@@ -100,7 +101,7 @@ def test_continuation_with_minus_one_end(server, tmp_path):
             "duration": 1,
             "continuation": True,
             "continuation_end": -1,
-            "input_audio": as_data_uri(audio),
+            "input_audio": data_uri(audio.read_bytes()),
         }
     ).json()
     assert body["status"] == "succeeded", body.get("error")
@@ -151,7 +152,7 @@ def test_an_explicit_null_is_a_422_as_in_cog(server):
 
 
 def test_a_non_audio_file_fails_naming_input_audio(server):
-    fake = "data:audio/wav;base64," + base64.b64encode(b"definitely not audio" * 50).decode()
+    fake = data_uri(b"definitely not audio" * 50)
     body = server.predict(input={"prompt": "x", "input_audio": fake}).json()
     assert body["status"] == "failed" and "input_audio could not be decoded" in body["error"]
     assert server.predict(input={"prompt": "x", "duration": 1}).json()["status"] == "succeeded"

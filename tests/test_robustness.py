@@ -26,14 +26,10 @@ import soundfile
 from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
 from musicgen_cog.weights.finetune_source import finetune_cache_path
 from tests.cog_server import CogServer, Receiver
-from tests.helpers import SAMPLE_RATE, samples_per_frame, tone, write_tone
+from tests.helpers import SAMPLE_RATE, data_uri, samples_per_frame, tone, write_tone
 from tests.loopback import LoopbackServer, Quiet
 
 REQUEST_LIMIT = 120  # seconds any single request may take before it counts as a hang
-
-
-def data_uri(content: bytes, mime: str = "audio/wav") -> str:
-    return f"data:{mime};base64," + base64.b64encode(content).decode()
 
 
 def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
