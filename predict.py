@@ -23,6 +23,7 @@ from musicgen_cog.api.memory import fix_mmap_threshold, release_freed_memory  # 
 from musicgen_cog.api.pipeline import run_prediction  # noqa: E402
 from musicgen_cog.audio.writing import OutputFolder  # noqa: E402
 from musicgen_cog.model.loading import load_model  # noqa: E402
+from musicgen_cog.model.warm_up import warm_up  # noqa: E402
 from musicgen_cog.weights.finetune_source import resolve_finetune  # noqa: E402
 
 MAX_CONCURRENCY = concurrency_limit()
@@ -35,6 +36,7 @@ class Predictor(BasePredictor):
         fix_mmap_threshold()  # a long-running server's heap stays flat (musicgen_cog/api/memory.py)
         root = environment.weights_dir()
         self.model = load_model(root, resolve_finetune(weights, root), slots=MAX_CONCURRENCY)
+        warm_up(self.model)  # every kernel and step graph ready before READY (musicgen_cog/model/warm_up.py)
         output_dir = os.environ.get("MUSICGEN_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "musicgen"
         self.outputs = OutputFolder(output_dir, keep=2 * MAX_CONCURRENCY)
         self.threads = RequestThreads(MAX_CONCURRENCY)

@@ -2,19 +2,12 @@
 
 audiocraft rebuilds every layer's KV cache with `torch.cat` at each step and walks its modules
 through Python streaming state, one request at a time. Here each request owns a slot: two rows
-(its conditional and unconditional CFG rows) of one cache, sized at first use for a whole window. A request's prefix
-(its conditions and any audio prompt) runs audiocraft's own forward; the keys and values it
-leaves are copied into the slot, and every later step runs one function over the cache with
-audiocraft's own modules.
-
-Two ways to run a step, chosen by device:
-- per slot (CPU): each slot's rows attend to exactly their filled part of the cache, the CFG
-  pair as one batch of 2, which is exactly audiocraft's arithmetic (oneDNN picks other kernels
-  for other row counts, so rows of several requests are not stacked: a request's numbers must
-  not depend on its company);
-- all slots at once (CUDA): every row of the cache in one fixed-shape call, each row at its own
-  position under a mask over whole buckets of KV_BUCKET positions, captured once per bucket in
-  a CUDA graph and replayed; the row count never changes, so neither do a row's numbers.
+(its conditional and unconditional CFG rows) of one cache, sized at first use for a whole window.
+A request's prefix (its conditions and any audio prompt) runs audiocraft's own forward; the keys
+and values it leaves are copied into the slot, and every later step runs one function over the
+cache with audiocraft's own modules, either for one slot at its filled length (exactly
+audiocraft's arithmetic) or for every row at its own position under a mask over whole buckets of
+KV_BUCKET positions (fixed shapes, for CUDA graphs). `steps.py` chooses and drives them.
 """
 
 from __future__ import annotations
@@ -27,9 +20,6 @@ import torch
 import torch.nn.functional as F
 from audiocraft.models.lm import LMModel
 from audiocraft.modules.transformer import create_sin_embedding
-
-if tp.TYPE_CHECKING:
-    from audiocraft.models import MusicGen
 
 log = logging.getLogger(__name__)
 DECODER_ENV = "MUSICGEN_DECODER"  # "fast" (default) or "audiocraft"
@@ -80,16 +70,11 @@ def decoder_choice() -> str:
 class SlotDecoder:
     """The LM's forward for requests held in `slots` slots of one KV cache (rows 2s and 2s+1: slot s)."""
 
-    def __init__(
-        self, lm: LMModel, slots: int, batched: bool = False, graphs: bool = False, min_length: int = KV_BUCKET
-    ):
+    def __init__(self, lm: LMModel, slots: int, min_length: int = KV_BUCKET):
         # Any: audiocraft's submodules are reached by attribute, which torch types as `Tensor | Module`
         self.lm: tp.Any = lm
         self.slots = slots
-        self.batched = batched  # all slots in one fixed-shape call (CUDA) instead of one call per slot
-        self.graphs_enabled = graphs  # replay captured steps (CUDA); turned off for good if a capture fails
-        self.graphs: dict[tuple, CudaGraphStep] = {}  # by (rows, attended length); valid for these caches
-        self.caches: Caches = []
+        self.caches: Caches = []  # replaced (never resized in place) when it grows: graphs compare identity
         self.min_length = min_length  # positions allocated at first use: growing later drops every graph
 
     @property
@@ -129,7 +114,6 @@ class SlotDecoder:
         length = -(-needed // KV_BUCKET) * KV_BUCKET  # whole buckets
         _, heads, _, head_dim = like.shape
         old = self.caches
-        self.graphs.clear()  # captured against the old caches' memory
         self.caches = [
             (like.new_zeros(self.rows, heads, length, head_dim), like.new_zeros(self.rows, heads, length, head_dim))
             for _ in self.lm.transformer.layers
@@ -145,29 +129,9 @@ class SlotDecoder:
         caches = [(keys[rows], values[rows]) for keys, values in self.caches]
         return self._forward(tokens, caches, position)[:, :, 0]
 
-    def step_all(self, tokens: torch.Tensor, positions: torch.Tensor, furthest: int) -> torch.Tensor:
-        """Logits [rows, K, card] for tokens [rows, K, 1] of every row, row r at `positions[r]`, none
-        past `furthest` (rows of free slots compute harmless numbers at their own positions)."""
-        length = self.attended_length(furthest)
-        graph = self._graph(tokens, positions, length) if self.graphs_enabled else None
-        if graph is not None:
-            return graph.run(tokens, positions)[:, :, 0]
-        return self._forward(tokens, self.caches, positions, length)[:, :, 0]
-
     def attended_length(self, position: int) -> int:
         """Cache positions a fixed-shape step up to `position` attends to: whole buckets up to it."""
         return min(self.cache_length(), (position // KV_BUCKET + 1) * KV_BUCKET)
-
-    def _graph(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> CudaGraphStep | None:
-        key = (tokens.shape[0], length)
-        if key not in self.graphs:
-            try:
-                self.graphs[key] = CudaGraphStep(self, tokens, positions, length)
-            except RuntimeError as exc:  # a driver or kernel that cannot be captured: stay correct, run eagerly
-                log.warning("CUDA graph capture failed (%s); decoding without graphs from now on", exc)
-                self.graphs_enabled = False
-                return None
-        return self.graphs[key]
 
     @torch.no_grad()
     def _forward(
@@ -208,71 +172,3 @@ class SlotDecoder:
         if lm.out_norm:
             x = lm.out_norm(x)
         return torch.stack([lm.linears[k](x) for k in range(lm.num_codebooks)], dim=1)
-
-
-class CudaGraphStep:
-    """The all-slots step for one attended length, captured once in a CUDA graph, then replayed.
-
-    Capture runs the step at the current positions (warm-up and capture write those positions'
-    keys/values, which the real step rewrites), so it is built right before the step it serves
-    and with its inputs.
-    It runs under the caller's autocast (audiocraft keeps the embeddings and output layers in
-    fp32 and relies on it) with autocast's weight-cast cache off: a cached cast is freed when
-    the caller's autocast exits, and a graph that captured it would read freed memory.
-    """
-
-    def __init__(self, decoder: SlotDecoder, tokens: torch.Tensor, positions: torch.Tensor, length: int):
-        self.tokens = tokens.clone()
-        self.positions = positions.clone()
-        self.length = length
-        device = tokens.device.type
-        with torch.autocast(
-            device,
-            dtype=torch.get_autocast_dtype(device),
-            enabled=torch.is_autocast_enabled(device),
-            cache_enabled=False,
-        ):
-            self.logits = self._capture(lambda: decoder._forward(self.tokens, decoder.caches, self.positions, length))
-
-    def _capture(self, step: tp.Callable[[], torch.Tensor]) -> torch.Tensor:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: requests' threads keep running their own CUDA work (T5, stems, codec) meanwhile
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            return step()
-
-    def replay(self) -> None:
-        self.graph.replay()
-
-    def run(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        self.tokens.copy_(tokens)
-        self.positions.copy_(positions)
-        self.replay()
-        return self.logits
-
-
-def slot_decoder_for(musicgen: MusicGen, slots: int, batched: bool | None = None) -> SlotDecoder | None:
-    """Our step for `musicgen`'s LM, or None for audiocraft's own loop (MUSICGEN_DECODER=audiocraft,
-    or an architecture the step does not reproduce). `batched`: all slots in one step (default:
-    on a GPU only; a CPU can run it to compare)."""
-    lm = musicgen.lm
-    reason = unsupported_reason(lm)
-    if decoder_choice() == "audiocraft" or reason:
-        log.info("decoding with audiocraft's own loop, one request at a time%s", f" ({reason})" if reason else "")
-        return None
-    # On a GPU, fixed shapes let each step be one CUDA graph replay; on a CPU, per-slot attention
-    # reproduces audiocraft's numbers exactly and launch overhead matters little.
-    cuda = next(lm.parameters()).is_cuda
-    window_steps = int(musicgen.max_duration * musicgen.frame_rate) + lm.num_codebooks + 1
-    return SlotDecoder(
-        lm,
-        slots,
-        batched=cuda if batched is None else batched,
-        graphs=cuda,
-        min_length=window_steps + TYPICAL_PREFIX,
-    )

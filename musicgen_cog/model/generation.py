@@ -22,11 +22,12 @@ from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, Condi
 
 from ..audio.decoding import Audio
 from ..errors import InputError
-from .decoding_loop import UNKNOWN_TOKEN, DecodingLoop, GenerationCancelled, Window
+from .decoding_loop import DecodingLoop, GenerationCancelled
 from .loading import LoadedModel
 from .progress import StepProgress, planned_steps
 from .randomness import RequestRandomness
 from .sampling import Sampling
+from .window import UNKNOWN_TOKEN, Window
 
 log = logging.getLogger(__name__)
 EXTEND_STRIDE = 18.0  # audiocraft's default: each extra window keeps 12 s of context

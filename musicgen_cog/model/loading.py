@@ -28,7 +28,7 @@ from transformers.initialization import no_init_weights
 from ..weights import assets
 from ..weights.checkpoints import CheckpointError, load_checkpoint
 from .decoding_loop import DecodingLoop
-from .fast_decode import slot_decoder_for
+from .steps import steps_for
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,11 @@ def load_model(root: Path, finetune: Path | None = None, device: str | None = No
 
 def start_decoding_loop(model: LoadedModel, slots: int, batched: bool | None = None) -> None:
     """Give `model` a decoding loop with `slots` slots (closing any it had), unless its LM needs
-    audiocraft's own loop; `batched` as `slot_decoder_for` takes it."""
+    audiocraft's own loop; `batched` as `steps_for` takes it."""
     if model.loop is not None:
         model.loop.close()
-    decoder = slot_decoder_for(model.musicgen, slots, batched)
-    model.loop = None if decoder is None else DecodingLoop(decoder, model.autocast)
+    steps = steps_for(model.musicgen, slots, batched)
+    model.loop = None if steps is None else DecodingLoop(steps, model.autocast)
 
 
 def _inference_config(raw: Any, device: str) -> DictConfig:

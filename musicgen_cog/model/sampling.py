@@ -44,3 +44,67 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator)
         probs *= (probs >= top_k_value[..., [-1]]).float()
         probs.div_(probs.sum(dim=-1, keepdim=True))
     return multinomial(probs, num_samples=1, generator=generator)
+
+
+@dataclass
+class RowSampling:
+    """Each slot's sampling rule as tensors [slots] on the model's device, so that one captured
+    step serves any mix of rules and a new value needs no new capture."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    cfg_coef: torch.Tensor
+
+    @classmethod
+    def zeros(cls, slots: int, device: torch.device | str) -> RowSampling:
+        def values(dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros(slots, dtype=dtype, device=device)
+
+        return cls(values(torch.float32), values(torch.long), values(torch.float32), values(torch.float32))
+
+    def set(self, slot: int, sampling: Sampling) -> None:
+        """Give `slot` the rule `sampling` (device writes of host numbers: no synchronisation)."""
+        self.temperature[slot] = sampling.temperature
+        self.top_k[slot] = sampling.top_k
+        self.top_p[slot] = sampling.top_p
+        self.cfg_coef[slot] = sampling.cfg_coef
+
+    def narrow(self, first: int, count: int = 1) -> RowSampling:
+        """Views of the rules of slots first .. first + count - 1."""
+        return RowSampling(*(values[first : first + count] for values in vars(self).values()))
+
+
+def guided_rows(logits: torch.Tensor, cfg_coef: torch.Tensor) -> torch.Tensor:
+    """`guided` for every slot at once: CFG pairs [2S, K, card] (rows 2s, 2s+1) -> [S, K, card]."""
+    pairs = logits.view(-1, 2, *logits.shape[1:])
+    conditional, unconditional = pairs[:, 0], pairs[:, 1]
+    return unconditional + (conditional - unconditional) * cfg_coef.view(-1, 1, 1)
+
+
+def sample_rows(logits: torch.Tensor, rule: RowSampling, uniforms: torch.Tensor) -> torch.Tensor:
+    """Next tokens [S, K, 1] from logits [S, K, card], each slot by its own rule, with shapes and
+    no host reads that a CUDA graph can capture.
+
+    The probabilities are audiocraft's (softmax at the temperature; top-p when top_p > 0, else
+    top-k when top_k > 0, else all), but the draw is by inverse CDF: the token where the running
+    sum of the kept probabilities, in descending order, first passes `uniforms` [S, K] (drawn in
+    [0, 1) from each request's own generator) times their total. Same distribution as
+    `torch.multinomial`, other draws. Temperature 0 is argmax. The top-k cut keeps exactly k
+    tokens where audiocraft keeps ties with the k-th too.
+    """
+    logits = logits.float()
+    card = logits.shape[-1]
+    greedy = (rule.temperature <= 0).view(-1, 1, 1)
+    temperature = torch.where(greedy, 1.0, rule.temperature.view(-1, 1, 1))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    cumulative = torch.cumsum(sorted_probs, dim=-1)
+    top_p, top_k = rule.top_p.view(-1, 1, 1), rule.top_k.view(-1, 1, 1)
+    nucleus = cumulative - sorted_probs <= top_p
+    first_k = torch.arange(card, device=logits.device) < top_k
+    keep = torch.where(top_p > 0, nucleus, first_k | (top_k <= 0))
+    cdf = torch.cumsum(sorted_probs * keep, dim=-1)
+    target = uniforms.unsqueeze(-1).float() * cdf[..., -1:]
+    choice = torch.searchsorted(cdf, target.contiguous(), right=True).clamp_(max=card - 1)
+    return torch.where(greedy, logits.argmax(dim=-1, keepdim=True), order.gather(-1, choice))

@@ -88,19 +88,21 @@ def test_non_finite_audio_from_the_model_is_an_error_not_a_file(model, monkeypat
 
 
 def test_mbd_noise_continues_the_requests_own_stream(model, monkeypatch):
-    """MBD draws from torch's default generator: each request's draws are its own, and repeat."""
+    """MBD draws from torch's default generator (of the model's device): each request's draws are
+    its own, and repeat."""
     draws = []
+    device = model.musicgen.device
 
     def noise_from(tokens):
-        draws.append(torch.rand(3))
+        draws.append(torch.rand(3, device=device))
         return torch.zeros(1, 1, SAMPLE_RATE)
 
     monkeypatch.setattr(model.mbd(), "tokens_to_wav", noise_from)
     request = GenerationRequest(prompt="x", duration=1, sampling=SAMPLING, multi_band_diffusion=True)
     torch.manual_seed(0)
-    outside = torch.rand(3)
+    outside = torch.rand(3, device=device)
     torch.manual_seed(0)
     for seed in (5, 6, 5):
         generate(model, request, seed)
-    assert torch.equal(torch.rand(3), outside)  # the global stream is left where it was
+    assert torch.equal(torch.rand(3, device=device), outside)  # the global stream is left where it was
     assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])

@@ -109,19 +109,21 @@ def test_missing_mbd_is_named_only_when_mbd_is_loaded(tiny_weights, tmp_path):
 
 
 def test_mbd_decodes_tokens_through_the_models_own_codec(tiny_weights):
-    model = load_model(tiny_weights)
-    mbd = load_mbd(tiny_weights, model.musicgen.compression_model, "cpu")
+    model = load_model(tiny_weights)  # on either device: the MBD loads beside the model's codec
+    device = model.musicgen.device
+    mbd = load_mbd(tiny_weights, model.musicgen.compression_model, device)
     assert mbd.codec_model is model.musicgen.compression_model and len(mbd.DPs) == 4
-    tokens = torch.randint(0, model.codebook_size, (1, model.musicgen.lm.num_codebooks, 25))
+    tokens = torch.randint(0, model.codebook_size, (1, model.musicgen.lm.num_codebooks, 25), device=device)
     wav = mbd.tokens_to_wav(tokens)
     assert wav.shape == (1, 1, 25 * samples_per_frame(model.musicgen)) and torch.isfinite(wav).all()
 
 
 def test_skipping_random_init_gives_exactly_the_checkpoints_model(tiny_weights):
-    """Setup builds the LM without random init (the checkpoint overwrites it): same model as a full build."""
+    """Setup builds the LM without random init (the checkpoint overwrites it): same model as a full
+    build, compared bit for bit in fp32 on the CPU."""
     from audiocraft.models import builders
 
-    musicgen = load_model(tiny_weights).musicgen
+    musicgen = load_model(tiny_weights, device="cpu").musicgen
     fast: Any = musicgen.lm
     reference = builders.get_lm_model(fast.cfg)
     reference.load_state_dict(torch.load(tiny_weights / "trained_model.tar", weights_only=False)["model"])

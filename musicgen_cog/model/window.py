@@ -1,0 +1,65 @@
+"""One window of one request, as the decoding loop takes it: a pattern sequence to fill.
+
+The arithmetic is audiocraft's `LMModel.generate`: the sequence holds the prompt's tokens and
+UNKNOWN_TOKEN elsewhere; steps from `first_step` on are generated; places the delay pattern
+marks invalid get the special token; prompt tokens are never overwritten.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from .sampling import Sampling
+
+UNKNOWN_TOKEN = -1  # audiocraft's marker for tokens not generated yet
+
+
+@dataclass(eq=False)
+class Window:
+    """`sequence` [1, K, S] to fill, `mask` [K, S] the pattern's validity, `conditions` the
+    condition tensors of the CFG pair; `offset` and `position` are kept by the host, step by step."""
+
+    sequence: torch.Tensor
+    mask: torch.Tensor
+    first_step: int
+    conditions: dict
+    sampling: Sampling
+    generator: torch.Generator
+    special_token: int
+    on_step: Callable[[], None] = lambda: None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: Future = field(default_factory=Future)
+    slot: int = -1
+    offset: int = 0  # the sequence step the next token fills
+    position: int = 0  # the cache position of the next step's input
+
+    @property
+    def length(self) -> int:
+        return self.sequence.shape[-1]
+
+    @property
+    def finished(self) -> bool:
+        return self.offset >= self.length
+
+    def advance(self) -> None:
+        """The token at `offset` has been written (or its writing launched)."""
+        self.offset += 1
+        self.on_step()
+
+    def write(self, tokens: torch.Tensor) -> None:
+        """Write sampled tokens [1, K, 1] at `offset` into `sequence`, then advance."""
+        offset = self.offset
+        tokens = torch.where(self.mask[None, :, offset : offset + 1], tokens, self.special_token)  # no host sync
+        current = self.sequence[..., offset : offset + 1]
+        self.sequence[..., offset : offset + 1] = torch.where(current == UNKNOWN_TOKEN, tokens, current)
+        self.advance()
+
+    def last_tokens(self) -> torch.Tensor:
+        """The step's input: the column just written, for both rows of the CFG pair [2, K, 1]."""
+        column = self.sequence[..., self.offset - 1 : self.offset]
+        return torch.cat([column, column], dim=0)

@@ -1,0 +1,126 @@
+"""The GPU's all-slots step, run on a CPU: it never reads the device from the host, and capture
+leaves the state of the requests in flight as it found it.
+
+Graphs are 'captured' as ReplayedStep (tests/model/conftest.py); models are pinned to the CPU.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from musicgen_cog.model import fast_decode, sampling, steps
+from musicgen_cog.model.fast_decode import KV_BUCKET, SlotDecoder
+from musicgen_cog.model.loading import load_model, start_decoding_loop
+from musicgen_cog.model.steps import BatchedSteps
+from musicgen_cog.model.warm_up import warm_up
+from tests.model.test_decoding_loop import request, together, tokens
+
+
+class HostReads(TorchDispatchMode):
+    """Records the operators that hand a tensor's value to Python (`.item()`, `bool()`, `int()` of
+    a tensor, `torch.equal`): on a GPU each one waits for the device to catch up."""
+
+    READS = ("aten._local_scalar_dense", "aten.equal", "aten.is_nonzero")
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.READS):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_step_reads_a_number_back_from_the_device(graphed, monkeypatch):
+    """What `torch.cuda.set_sync_debug_mode("error")` checks on a GPU (tests/test_gpu.py), seen on a
+    CPU at the operator level, for replayed and eager steps and every sampling rule."""
+    warm_up(graphed)
+    batched, reads, windows_seen = graphed.loop.steps, HostReads(), []
+    step = batched.step
+
+    def watched(windows):
+        windows_seen.append(len(windows))
+        with reads:  # dispatch modes are per thread: entered on the loop's own
+            return step(windows)
+
+    monkeypatch.setattr(batched, "step", watched)
+    together(graphed, [(3, request(2, top_p=0.8)), (4, request(2, temperature=0.0))])
+    batched.graphs_enabled = False
+    tokens(graphed, 5, request(1, top_k=0))
+    assert sum(windows_seen) > 150 and 2 in windows_seen and reads.seen == []
+
+
+def test_the_step_code_calls_nothing_that_copies_to_the_host():
+    """`.cpu()`, `.tolist()`, `.numpy()` of a CPU tensor dispatch no operator: checked in the source.
+    The one wait the host makes is on a CUDA event LOOKAHEAD steps old (`_keep_up`)."""
+    forbidden = {"item", "cpu", "tolist", "numpy", "synchronize"}
+    code: list[Any] = [
+        steps.BatchedSteps,
+        steps.SlotState,
+        sampling.RowSampling,
+        sampling.sample_rows,
+        sampling.guided_rows,
+    ]
+    for source in [*code, fast_decode.SlotDecoder._forward]:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(source)))
+        allowed = {
+            id(node)
+            for function in ast.walk(tree)
+            if isinstance(function, ast.FunctionDef) and function.name == "_keep_up"
+            for node in ast.walk(function)
+        }
+        reads = [
+            f"{source.__qualname__}: .{node.attr} (line {node.lineno})"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in forbidden and id(node) not in allowed
+        ]
+        assert reads == []
+
+
+def test_a_capture_between_steps_leaves_the_requests_in_flight_untouched(tiny_weights, graphed):
+    """A capture runs the step twice to warm up (advancing every slot) before recording it: the
+    state is put back, so a request that meets a new bucket mid-way keeps its tokens."""
+    eager = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(eager, 2, batched=True)
+    spec = request(12, top_p=0.9)  # 600 steps: three buckets, two met mid-way
+    expected = tokens(eager, 9, spec)
+    assert torch.equal(tokens(graphed, 9, spec), expected)
+    assert sorted(graphed.loop.steps.graphs) == [(1, KV_BUCKET), (1, 2 * KV_BUCKET), (1, 3 * KV_BUCKET)]  # slot 0 alone
+
+
+def test_a_grown_cache_drops_the_graphs_captured_on_the_old_one(graphed):
+    warm_up(graphed)
+    batched = graphed.loop.steps
+    before = dict(batched.graphs)
+    assert before
+    decoder = batched.decoder
+    keys = decoder.caches[0][0]
+    graphed.loop.call(lambda: decoder._ensure_cache(keys[:2], decoder.cache_length() + 1)).result()
+    tokens(graphed, 1, request(1))
+    assert batched.graphs and all(batched.graphs[length] is not before.get(length) for length in batched.graphs)
+
+
+def test_a_window_longer_than_the_slot_state_fails_alone_with_the_reason(graphed):
+    batched = graphed.loop.steps
+    batched.sequence_length = 30  # as if a window outgrew what was allocated
+    failed = together(graphed, [(1, request(1))])[0]
+    assert isinstance(failed, ValueError) and "longer than the 30 allocated" in str(failed)
+
+
+SLOTS_RUN = {1: [1], 2: [1, 2], 3: [1, 2, 3], 8: [1, 2, 4, 4, 8, 8, 8, 8]}
+
+
+@pytest.mark.parametrize("slots", SLOTS_RUN)
+def test_a_step_runs_the_slots_in_use_rounded_up_to_a_power_of_two(slots):
+    """Requests take the lowest free slot; a step runs slots 0 .. the highest in use, rounded up
+    (fewer graphs), never more than there are."""
+    batched = BatchedSteps(SlotDecoder(lm=None, slots=slots), sequence_length=1)  # type: ignore[arg-type]
+    assert [batched.slots_run(n) for n in range(1, slots + 1)] == SLOTS_RUN[slots]

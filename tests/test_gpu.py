@@ -1,0 +1,131 @@
+"""On a CUDA device (`pytest -m gpu`; skipped without one): the captured fp16 step at melody size.
+
+A random LM of MusicGen-melody's size (48 layers, d=1536) in audiocraft's GPU layout, the tiny
+folder's codec, T5 and demucs (`bench/models.py`), SLOTS slots as the server runs them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from musicgen_cog.audio.decoding import Audio
+from musicgen_cog.model import steps
+from musicgen_cog.model.generation import GenerationRequest, generate, generate_tokens
+from musicgen_cog.model.randomness import RequestRandomness
+from musicgen_cog.model.sampling import Sampling
+from musicgen_cog.model.steps import BatchedSteps
+from musicgen_cog.model.warm_up import warm_up
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+SLOTS = 4
+PROMPT = "lofi hip hop beat"
+GREEDY = Sampling(top_k=250, top_p=0.0, temperature=0.0, cfg_coef=3.0)
+HEADROOM = 2 << 30  # bytes beyond weights and KV cache: T5, codec, demucs, activations, graph pools
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[Any]:
+    from bench.models import bench_model
+
+    torch.cuda.reset_peak_memory_stats()
+    loaded, _ = bench_model(slots=SLOTS)
+    assert isinstance(loaded.loop.steps, BatchedSteps) and loaded.loop.steps.graphs_enabled
+    warm_up(loaded)  # as setup() does: no step captures (capture synchronises) from here on
+    yield loaded
+    loaded.loop.close()
+
+
+def tone(seconds: float) -> Audio:
+    time_axis = torch.arange(int(seconds * 32000)) / 32000
+    return Audio((0.3 * torch.sin(2 * torch.pi * 440.0 * time_axis))[None], 32000)
+
+
+def tokens(model: Any, request: GenerationRequest, seed: int = 1) -> torch.Tensor:
+    return generate_tokens(model, request, RequestRandomness(seed, model.musicgen.device))
+
+
+def test_the_graphs_give_finite_audio_and_audiocrafts_greedy_tokens(model):
+    """fp16 rounds differently in a fixed-shape step than in audiocraft's growing one: at
+    temperature 0 at least 99 % of the tokens must still be audiocraft's, and no sample NaN."""
+    request = GenerationRequest(PROMPT, 8.0, GREEDY)
+    ours = tokens(model, request)
+    musicgen = model.musicgen
+    musicgen.set_generation_params(duration=8.0, temperature=0.0)
+    with torch.no_grad():
+        reference = musicgen.generate([PROMPT], return_tokens=True)[1]
+    assert ours.shape == reference.shape
+    assert (ours == reference).float().mean().item() >= 0.99
+    wav = generate(model, request, RequestRandomness(1, musicgen.device))  # raises on NaN or infinite samples
+    assert wav.shape[-1] == 8 * musicgen.sample_rate
+
+
+def test_no_step_synchronises_the_host_with_the_device(model, monkeypatch):
+    batched: BatchedSteps = model.loop.steps
+    step, keep_up, errors = batched.step, batched._keep_up, []
+
+    def strict(windows):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step(windows)
+        except RuntimeError as exc:
+            errors.append(exc)
+            raise
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+    def deliberate_wait():  # the one wait: for a step LOOKAHEAD launches old
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            keep_up()
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(batched, "step", strict)
+    monkeypatch.setattr(batched, "_keep_up", deliberate_wait)
+    for rule in (Sampling(250, 0.0, 1.0, 3.0), Sampling(0, 0.9, 1.0, 3.0), GREEDY):
+        tokens(model, GenerationRequest(PROMPT, 2.0, rule))
+    assert errors == []
+
+
+def test_after_warm_up_no_request_captures_a_graph_and_memory_stays_bounded(model, monkeypatch):
+    batched: BatchedSteps = model.loop.steps
+    cache = batched.decoder.cache_length()
+    assert sorted(batched.graphs) == list(range(256, cache + 1, 256))
+    captures = []
+
+    class Counted(steps.CudaGraphStep):
+        def _capture(self, step):
+            captures.append(1)
+            super()._capture(step)
+
+    monkeypatch.setattr(steps, "CudaGraphStep", Counted)
+    sampling = Sampling(250, 0.0, 1.0, 3.0)
+    requests = [
+        GenerationRequest(PROMPT, 8.0, sampling),
+        GenerationRequest(PROMPT, 8.0, sampling, melody=tone(8.0)),
+        GenerationRequest(PROMPT, 8.0, sampling, continue_from=tone(4.0)),
+        GenerationRequest(PROMPT, 30.0, sampling),
+        GenerationRequest(PROMPT, 33.0, sampling, melody=tone(10.0)),  # two windows, the melody looped
+    ]
+    done = []
+
+    def one(request: GenerationRequest) -> None:
+        done.append(tokens(model, request).shape[-1])
+
+    threads = [threading.Thread(target=one, args=(request,)) for request in requests]  # in company, as served
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(done) == len(requests) and captures == [] and batched.decoder.cache_length() == cache
+    weights = sum(p.numel() * p.element_size() for p in model.musicgen.lm.parameters())
+    kv = sum(keys.numel() * keys.element_size() * 2 for keys, _ in batched.decoder.caches)
+    assert torch.cuda.max_memory_allocated() <= weights + kv + HEADROOM
