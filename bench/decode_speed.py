@@ -1,9 +1,10 @@
 """Decoding speed: audiocraft's loop against ours, same model, inputs and seed, in one process.
 
-One request alone (one slot). On a GPU also ours without CUDA graphs, and ms per step against
-the floor set by the bytes each step must read (weights + the filled part of the KV cache) at
-the memory bandwidth measured on that GPU. Last line: `speedup <X>x on <device>` (ours over
-audiocraft's, steps/s).
+One request alone (one slot), greedy (temperature 0: the tokens can be compared whatever the
+draws; on a GPU ours draws otherwise than torch.multinomial). On a GPU also ours without CUDA
+graphs, and ms per step against the floor set by the bytes each step must read (weights + the
+filled part of the KV cache) at the memory bandwidth measured on that GPU. Last line:
+`speedup <X>x on <device>` (ours over audiocraft's, steps/s).
 
     python -m bench.decode_speed [SECONDS]
 """
@@ -13,20 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
-from bench.models import bench_model, describe
-
-
-def measured_bandwidth(torch) -> float:
-    """Device memory bandwidth in bytes/s from large copies (read + write)."""
-    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")  # 1 GiB
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(10):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    return 2 * src.numel() * 4 * 10 / (time.perf_counter() - started)
+from bench.models import bench_model, describe, measured_bandwidth
 
 
 def main() -> None:
@@ -37,10 +25,12 @@ def main() -> None:
     from musicgen_cog.model.progress import planned_steps
     from musicgen_cog.model.randomness import RequestRandomness
     from musicgen_cog.model.sampling import Sampling
+    from musicgen_cog.model.steps import BatchedSteps
 
     cuda = name != "cpu"
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else (8.0 if cuda else 3.0)
-    musicgen, decoder = model.musicgen, model.loop.decoder
+    assert model.loop is not None
+    musicgen, steps_taken, decoder = model.musicgen, model.loop.steps, model.loop.decoder
     steps = planned_steps(musicgen, seconds, 0, EXTEND_STRIDE)
     print(f"{describe(model, name)}; {seconds:g} s of tokens, {steps} steps")
 
@@ -55,14 +45,14 @@ def main() -> None:
         return time.perf_counter() - started, tokens
 
     def audiocrafts() -> torch.Tensor:
-        musicgen.set_generation_params(duration=seconds)
+        musicgen.set_generation_params(duration=seconds, temperature=0.0)
         attributes, _ = musicgen._prepare_tokens_and_attributes(["lofi hip hop beat"], None)
         torch.manual_seed(1)
         with musicgen.autocast:
             return musicgen._generate_tokens(attributes, None)
 
     def ours() -> torch.Tensor:
-        request = GenerationRequest("lofi hip hop beat", seconds, Sampling(250, 0.0, 1.0, 3.0))
+        request = GenerationRequest("lofi hip hop beat", seconds, Sampling(250, 0.0, 0.0, 3.0))
         return generate_tokens(model, request, RequestRandomness(1, musicgen.device))
 
     runs = [("audiocraft", audiocrafts, False), ("ours", ours, cuda)]
@@ -70,7 +60,8 @@ def main() -> None:
         runs.append(("ours, no CUDA graphs", ours, False))
     results = {}
     for label, run, graphs in runs:
-        decoder.graphs_enabled = graphs
+        if isinstance(steps_taken, BatchedSteps):
+            steps_taken.graphs_enabled = graphs
         elapsed, tokens = timed(run)
         results[label] = (steps / elapsed, tokens)
         print(
@@ -88,7 +79,7 @@ def main() -> None:
         keys = decoder.caches[0][0]
         kv_bytes_per_position = 2 * len(decoder.caches) * keys[:, :, 0].numel() * keys.element_size()
         kv_bytes = kv_bytes_per_position * steps / 2  # the filled part, on average (a prefix of a few tokens aside)
-        bandwidth = measured_bandwidth(torch)
+        bandwidth = measured_bandwidth()
         floor_ms = 1000 * (weight_bytes + kv_bytes) / bandwidth
         print(
             f"floor: {weight_bytes / 1e9:.2f} GB of weights + {kv_bytes / 1e9:.2f} GB of KV cache per step "

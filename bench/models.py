@@ -43,3 +43,20 @@ def describe(model: Any, device: str) -> str:
     import torch
 
     return f"{device}: LM {parameters / 1e9:.2f} B parameters ({lm.cfg.dtype}), torch threads {torch.get_num_threads()}"
+
+
+def measured_bandwidth() -> float:
+    """Device memory bandwidth in bytes/s from large copies (read + write) on the GPU."""
+    import time
+
+    import torch
+
+    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * src.numel() * 4 * 10 / (time.perf_counter() - started)

@@ -66,7 +66,10 @@ def together(model, requests: list[tuple[int, dict]]) -> list:
 
 @pytest.fixture(scope="module", params=["per-slot", "all-slots"])
 def model(request, tiny_weights):
-    """A CPU model with SLOTS slots, stepping per slot (as on a CPU) or all slots at once (as on a GPU)."""
+    """A CPU model with SLOTS slots, stepping per slot (as on a CPU) or all slots in use at once (as
+    on a GPU: there a request's rows may share a matrix product with others', whose kernel can
+    change with the row count; an inverse-CDF draw only moves when its uniform falls within that
+    rounding of a boundary: never seen in these tests, not excluded by construction)."""
     loaded = load_model(tiny_weights, device="cpu", slots=SLOTS)
     if request.param == "all-slots":
         start_decoding_loop(loaded, SLOTS, batched=True)

@@ -51,7 +51,7 @@ def with_decoder(model, batched: bool = False, graphs: bool = False):
 def one_slot(tiny_weights, **kind) -> Any:
     """A model whose loop runs its slot's rows in one fixed-shape step, as on a GPU. One slot: the
     step then multiplies 2 rows, as audiocraft's does (oneDNN's kernels, hence last bits, depend
-    on the row count; test_decoding_loop checks that a fixed count makes company irrelevant)."""
+    on the row count), so its greedy tokens can be compared with audiocraft's bit for bit."""
     return with_decoder(load_model(tiny_weights, device="cpu", slots=1), batched=True, **kind)
 
 

@@ -1,0 +1,128 @@
+"""Where a decoding step's time goes, and how far it is from the memory floor.
+
+For B = 1, 4 and 16 requests decoding together, at each duration: ms per step through the
+shared loop (steps where all B decode, host included), the captured step replayed alone (on a
+CPU: run eagerly), the sampling part of it run alone (eager: in the graph it costs less), the
+host's share (loop minus step), and the floor: the bytes one step must read (the weights, and
+the filled part of each request's KV cache, on average over the clip) at the bandwidth of a
+large copy on this device. Warm-up first, as setup() does. Last line: `floor fraction <P>% on
+<device>` (B = 1, the first duration).
+
+    python -m bench.steps [SECONDS ...]   (default 8 30 on a GPU, 1 on a CPU; B = 1, 4 on a CPU)
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from functools import partial
+from typing import Any
+
+from bench.models import bench_model, describe, measured_bandwidth
+
+REPEATS = 50
+
+
+def main() -> None:
+    model, name = bench_model(slots=16)
+    import torch
+
+    from musicgen_cog.model.generation import EXTEND_STRIDE, GenerationRequest, generate_tokens
+    from musicgen_cog.model.loading import start_decoding_loop
+    from musicgen_cog.model.progress import planned_steps
+    from musicgen_cog.model.randomness import RequestRandomness
+    from musicgen_cog.model.sampling import Sampling
+    from musicgen_cog.model.steps import BatchedSteps
+    from musicgen_cog.model.warm_up import warm_up
+
+    cuda = name != "cpu"
+    durations = [float(a) for a in sys.argv[1:]] or ([8.0, 30.0] if cuda else [1.0])
+    batches = (1, 4, 16) if cuda else (1, 4)
+    start_decoding_loop(model, slots=max(batches), batched=True)  # the GPU's step, on a CPU too
+    loop = model.loop
+    assert loop is not None and isinstance(loop.steps, BatchedSteps)
+    batched: BatchedSteps = loop.steps
+    print(f"{describe(model, name)}; {max(batches)} slots, warm-up: {warm_up(model).seconds:.1f} s")
+    bandwidth = measured_bandwidth() if cuda else None
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.musicgen.lm.parameters())
+    keys = batched.decoder.caches[0][0]
+    kv_per_position = 2 * 2 * len(batched.decoder.caches) * keys[0, :, 0].numel() * keys.element_size()  # a slot
+
+    def device_ms(work, repeats: int = REPEATS) -> float:
+        work()
+        if not cuda:
+            started = time.perf_counter()
+            for _ in range(repeats):
+                work()
+            return 1000 * (time.perf_counter() - started) / repeats
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(repeats):
+            work()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / repeats
+
+    def loop_ms(count: int, seconds: float) -> float:
+        """ms per step while all `count` requests decode, through the loop, host included."""
+        times: list[float] = []
+        step = batched.step
+
+        def timed(windows: list[Any]) -> dict:
+            result = step(windows)
+            if len(windows) == count:
+                times.append(time.perf_counter())
+            return result
+
+        batched.step = timed  # type: ignore[method-assign]
+        try:
+            threads = [
+                threading.Thread(
+                    target=generate_tokens,
+                    args=(model, GenerationRequest(f"request {i}", seconds, Sampling(250, 0.0, 1.0, 3.0))),
+                    kwargs={"randomness": RequestRandomness(i, model.musicgen.device)},
+                )
+                for i in range(count)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            del batched.step
+        return 1000 * (times[-1] - times[0]) / (len(times) - 1)
+
+    fractions = []
+    print("B | clip | loop ms/step | step alone | sampling (eager) | host | floor ms/step | of the floor")
+    for seconds in durations:
+        steps = planned_steps(model.musicgen, seconds, 0, EXTEND_STRIDE)
+        length = batched.decoder.attended_length(steps // 2)  # the bucket met mid-clip
+        for count in batches:
+            per_step = loop_ms(count, seconds)
+            slots = batched.slots_run(count)
+            graph = batched._graph(slots, length) if batched.graphs_enabled else None
+            alone = device_ms(graph.replay if graph else partial(batched._decode_step, slots, length))
+            state = batched.state
+            assert state is not None
+            lm = model.musicgen.lm
+            logits = torch.randn(2 * slots, lm.num_codebooks, lm.card, device=keys.device)
+            sampling_ms = device_ms(partial(batched._choose, state.narrow(0, slots), logits))
+            floor = None
+            if bandwidth:
+                floor = 1000 * (weight_bytes + count * kv_per_position * steps / 2) / bandwidth
+                fractions.append((count, seconds, floor / per_step))
+            print(
+                f"{count:>2} | {seconds:g} s | {per_step:6.2f} | {alone:6.2f} | {sampling_ms:6.2f} | "
+                f"{per_step - alone:6.2f} | "
+                + (f"{floor:5.2f} | {100 * floor / per_step:4.0f}%" if floor else "n/a (no GPU) | n/a")
+            )
+    if fractions:
+        count, seconds, fraction = fractions[0]
+        print(f"floor fraction {100 * fraction:.0f}% on {name}")
+    else:
+        print(f"floor fraction n/a on {name} (the floor is a GPU's memory bandwidth)")
+
+
+if __name__ == "__main__":
+    main()
