@@ -177,7 +177,9 @@ class _Decoding:
         self.progress.report()
         codes, _, _ = pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)
         codes = codes[..., :frames]
-        assert (codes >= 0).all() and (codes <= lm.card).all(), "every token of the window was generated"
+        if (codes < 0).any():  # the batched step marks a window whose logits were NaN or infinite
+            raise RuntimeError("the model produced NaN or infinite logits; try again with another seed")
+        assert (codes <= lm.card).all(), "every token of the window was generated"
         return codes
 
     def _in_audiocrafts_loop(self, prompt: torch.Tensor | None, frames: int) -> torch.Tensor:

@@ -64,11 +64,13 @@ class RowSampling:
         return cls(values(torch.float32), values(torch.long), values(torch.float32), values(torch.float32))
 
     def set(self, slot: int, sampling: Sampling) -> None:
-        """Give `slot` the rule `sampling` (device writes of host numbers: no synchronisation)."""
-        self.temperature[slot] = sampling.temperature
-        self.top_k[slot] = sampling.top_k
-        self.top_p[slot] = sampling.top_p
-        self.cfg_coef[slot] = sampling.cfg_coef
+        """Give `slot` the rule `sampling`. `fill_` takes the number as a kernel argument, where
+        `tensor[slot] = number` would copy it from host memory, which waits for the stream."""
+        rule = self.narrow(slot)
+        rule.temperature.fill_(sampling.temperature)
+        rule.top_k.fill_(sampling.top_k)
+        rule.top_p.fill_(sampling.top_p)
+        rule.cfg_coef.fill_(sampling.cfg_coef)
 
     def narrow(self, first: int, count: int = 1) -> RowSampling:
         """Views of the rules of slots first .. first + count - 1."""
@@ -79,7 +81,7 @@ def guided_rows(logits: torch.Tensor, cfg_coef: torch.Tensor) -> torch.Tensor:
     """`guided` for every slot at once: CFG pairs [2S, K, card] (rows 2s, 2s+1) -> [S, K, card]."""
     pairs = logits.view(-1, 2, *logits.shape[1:])
     conditional, unconditional = pairs[:, 0], pairs[:, 1]
-    return unconditional + (conditional - unconditional) * cfg_coef.view(-1, 1, 1)
+    return unconditional + (conditional - unconditional) * cfg_coef.to(logits.dtype).view(-1, 1, 1)  # as rounded
 
 
 def sample_rows(logits: torch.Tensor, rule: RowSampling, uniforms: torch.Tensor) -> torch.Tensor:
@@ -106,5 +108,8 @@ def sample_rows(logits: torch.Tensor, rule: RowSampling, uniforms: torch.Tensor)
     keep = torch.where(top_p > 0, nucleus, first_k | (top_k <= 0))
     cdf = torch.cumsum(sorted_probs * keep, dim=-1)
     target = uniforms.unsqueeze(-1).float() * cdf[..., -1:]
-    choice = torch.searchsorted(cdf, target.contiguous(), right=True).clamp_(max=card - 1)
+    choice = torch.searchsorted(cdf, target.contiguous(), right=True)
+    # the kept tokens lead the sorted order; a parallel cumsum may round the total past the last
+    # kept sum, so a draw near 1 is held to the last kept token rather than one that was cut
+    choice = torch.minimum(choice, (keep.sum(dim=-1, keepdim=True) - 1).clamp_(min=0))  # 0 kept: NaN logits
     return torch.where(greedy, logits.argmax(dim=-1, keepdim=True), order.gather(-1, choice))

@@ -84,6 +84,7 @@ class SlotState:
     sequences: torch.Tensor  # [slots, K, L] each slot's pattern sequence
     masks: torch.Tensor  # [slots, K, L] its pattern's validity
     uniforms: torch.Tensor  # [slots, L, K] its draws in [0, 1), one per generated token
+    faults: torch.Tensor  # [slots] whether its logits were ever NaN or infinite
     rule: RowSampling
 
     @classmethod
@@ -98,6 +99,7 @@ class SlotState:
             sequences=zeros(slots, codebooks, length),
             masks=zeros(slots, codebooks, length, dtype=torch.bool),
             uniforms=zeros(slots, length, codebooks, dtype=torch.float32),
+            faults=zeros(slots, dtype=torch.bool),
             rule=RowSampling.zeros(slots, device),
         )
 
@@ -111,6 +113,7 @@ class SlotState:
             self.sequences[slots],
             self.masks[slots],
             self.uniforms[slots],
+            self.faults[slots],
             self.rule.narrow(first, count),
         )
 
@@ -152,6 +155,7 @@ class BatchedSteps:
         state.uniforms[0, window.first_step : window.length] = draws
         state.offsets.fill_(window.first_step)
         state.positions.fill_(filled)
+        state.faults.fill_(False)
         self._choose(state, logits)
         window.offset, window.position = window.first_step, filled
         window.advance()
@@ -174,9 +178,12 @@ class BatchedSteps:
         return {}
 
     def result(self, window: Window) -> torch.Tensor:
-        """`window`'s filled sequence [1, K, S], copied out of its slot before the slot is reused."""
+        """`window`'s filled sequence [1, K, S], copied out of its slot before the slot is reused;
+        all UNKNOWN_TOKEN if its logits were ever not finite (read by the request, not the loop)."""
         assert self.state is not None
-        return self.state.sequences[window.slot : window.slot + 1, :, : window.length].clone()
+        slot = window.slot
+        sequence = self.state.sequences[slot : slot + 1, :, : window.length]
+        return torch.where(self.state.faults[slot], UNKNOWN_TOKEN, sequence)
 
     def slots_run(self, in_use: int) -> int:
         """The slots a step runs when the highest in use is `in_use` - 1: a power of two, or all."""
@@ -218,12 +225,15 @@ class BatchedSteps:
         self._choose(state, logits)
 
     def _choose(self, state: SlotState, logits: torch.Tensor) -> None:
-        """Guide, sample and write each slot's tokens at its offset from logits [2S, K, card]."""
+        """Guide, sample and write each slot's tokens at its offset from logits [2S, K, card]
+        (and remember which slots' logits were not finite: sampling never fails on a device)."""
         slots, codebooks, length = state.sequences.shape
         offsets = state.offsets.view(slots, 1, 1)
         at = offsets.expand(slots, codebooks, 1)
         uniforms = state.uniforms.gather(1, offsets.expand(slots, 1, codebooks)).view(slots, codebooks)
-        tokens = sample_rows(guided_rows(logits, state.rule.cfg_coef), state.rule, uniforms)
+        logits = guided_rows(logits, state.rule.cfg_coef)
+        state.faults.logical_or_(~torch.isfinite(logits).flatten(1).all(dim=1))
+        tokens = sample_rows(logits, state.rule, uniforms)
         tokens = torch.where(state.masks.gather(2, at), tokens, self.decoder.lm.special_token_id)
         current = state.sequences.gather(2, at)
         tokens = torch.where(current == UNKNOWN_TOKEN, tokens, current)

@@ -23,39 +23,67 @@ from musicgen_cog.model.warm_up import warm_up
 from tests.model.test_decoding_loop import request, together, tokens
 
 
-class HostReads(TorchDispatchMode):
-    """Records the operators that hand a tensor's value to Python (`.item()`, `bool()`, `int()` of
-    a tensor, `torch.equal`): on a GPU each one waits for the device to catch up."""
+class HostTraffic(TorchDispatchMode):
+    """Records the operators that move a value between Python and a tensor: `.item()`, `bool()`,
+    `int()` of a tensor, `torch.equal` (reads), and `tensor[i] = number` (`lift_fresh`: a copy from
+    host memory). On a GPU each one waits for the device to finish what it was given."""
 
-    READS = ("aten._local_scalar_dense", "aten.equal", "aten.is_nonzero")
+    WATCHED = ("aten._local_scalar_dense", "aten.equal", "aten.is_nonzero", "aten.lift_fresh")
 
     def __init__(self):
         super().__init__()
         self.seen: list[str] = []
+        self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func).startswith(self.READS):
+        if not self.paused and str(func).startswith(self.WATCHED):
             self.seen.append(str(func))
         return func(*args, **(kwargs or {}))
 
 
-def test_no_step_reads_a_number_back_from_the_device(graphed, monkeypatch):
+def test_no_step_or_admission_moves_a_number_between_host_and_device(graphed, monkeypatch):
     """What `torch.cuda.set_sync_debug_mode("error")` checks on a GPU (tests/test_gpu.py), seen on a
-    CPU at the operator level, for replayed and eager steps and every sampling rule."""
+    CPU at the operator level, for admissions (but audiocraft's own forward over the prefix),
+    replayed and eager steps, and every sampling rule."""
     warm_up(graphed)
-    batched, reads, windows_seen = graphed.loop.steps, HostReads(), []
-    step = batched.step
+    batched, traffic, windows_seen = graphed.loop.steps, HostTraffic(), []
+    step, admit, prefill = batched.step, batched.admit, batched.decoder.prefill
 
-    def watched(windows):
+    def watched_step(windows):
         windows_seen.append(len(windows))
-        with reads:  # dispatch modes are per thread: entered on the loop's own
+        with traffic:  # dispatch modes are per thread: entered on the loop's own
             return step(windows)
 
-    monkeypatch.setattr(batched, "step", watched)
+    def watched_admit(window):
+        with traffic:
+            return admit(window)
+
+    def audiocrafts_forward(*args):
+        traffic.paused = True
+        try:
+            return prefill(*args)
+        finally:
+            traffic.paused = False
+
+    monkeypatch.setattr(batched, "step", watched_step)
+    monkeypatch.setattr(batched, "admit", watched_admit)
+    monkeypatch.setattr(batched.decoder, "prefill", audiocrafts_forward)
     together(graphed, [(3, request(2, top_p=0.8)), (4, request(2, temperature=0.0))])
     batched.graphs_enabled = False
     tokens(graphed, 5, request(1, top_k=0))
-    assert sum(windows_seen) > 150 and 2 in windows_seen and reads.seen == []
+    assert sum(windows_seen) > 150 and 2 in windows_seen and traffic.seen == []
+
+
+def test_logits_that_are_not_finite_fail_the_request_with_the_reason_and_the_next_one_succeeds(graphed, monkeypatch):
+    """On a device sampling cannot raise (it would need a host read): the step marks the slot, and
+    the request raises when it reads its tokens."""
+    decoder = graphed.loop.decoder
+    forward = decoder._forward
+    monkeypatch.setattr(decoder, "_forward", lambda *args: forward(*args) * float("nan"))
+    failed = together(graphed, [(1, request(1, top_p=0.9)), (2, request(1))])
+    assert all(isinstance(f, RuntimeError) and "NaN or infinite logits" in str(f) for f in failed)
+    monkeypatch.setattr(decoder, "_forward", forward)
+    assert tokens(graphed, 3, request(1)).shape[-1] == 50
 
 
 def test_the_step_code_calls_nothing_that_copies_to_the_host():
