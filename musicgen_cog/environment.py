@@ -37,6 +37,9 @@ def configure(root: Path | None = None, offline: bool = True) -> Path:
         "WEIGHTS_DIR": str(root),
         "HF_HUB_CACHE": str(hf_cache_dir(root)),
         "TORCH_HOME": str(torch_home(root)),
+        # torch.compile's caches (MUSICGEN_COMPILE): beside the weights, not in /tmp
+        "TORCHINDUCTOR_CACHE_DIR": str(torch_home(root) / "inductor"),
+        "TRITON_CACHE_DIR": str(torch_home(root) / "triton"),
         "HF_HUB_OFFLINE": "1" if offline else "0",
         "TRANSFORMERS_OFFLINE": "1" if offline else "0",
         "HF_HUB_DISABLE_TELEMETRY": "1",

@@ -74,7 +74,8 @@ class RowSampling:
 
     def narrow(self, first: int, count: int = 1) -> RowSampling:
         """Views of the rules of slots first .. first + count - 1."""
-        return RowSampling(*(values[first : first + count] for values in vars(self).values()))
+        slots = slice(first, first + count)
+        return RowSampling(self.temperature[slots], self.top_k[slots], self.top_p[slots], self.cfg_coef[slots])
 
 
 def guided_rows(logits: torch.Tensor, cfg_coef: torch.Tensor) -> torch.Tensor:

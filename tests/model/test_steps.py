@@ -152,3 +152,30 @@ def test_a_step_runs_the_slots_in_use_rounded_up_to_a_power_of_two(slots):
     (fewer graphs), never more than there are."""
     batched = BatchedSteps(SlotDecoder(lm=None, slots=slots), sequence_length=1)  # type: ignore[arg-type]
     assert [batched.slots_run(n) for n in range(1, slots + 1)] == SLOTS_RUN[slots]
+
+
+def test_the_compile_setting_is_checked_on_every_machine(tiny_weights, monkeypatch):
+    monkeypatch.setenv(steps.COMPILE_ENV, "reduce-overhead")  # captures graphs of its own: not offered
+    with pytest.raises(
+        ValueError, match="MUSICGEN_COMPILE must be one of 'off', 'default', 'max-autotune-no-cudagraphs'"
+    ):
+        load_model(tiny_weights, device="cpu")
+
+
+@pytest.mark.slow  # Inductor compiles C++ for a CPU: about a minute
+def test_the_compiled_step_gives_the_eager_steps_tokens(tiny_weights, monkeypatch, tmp_path):
+    """MUSICGEN_COMPILE=default: the step through torch.compile (dynamic shapes: one compile for
+    every cache bucket and slot count), greedy tokens alone exactly the per-slot path's; two at once
+    run the compiled step over both slots."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    exact = load_model(tiny_weights, device="cpu", slots=2)
+    specs = [(1, request(2, temperature=0.0)), (2, request(6, temperature=0.0))]  # 6 s: past one bucket
+    expected = [tokens(exact, *spec) for spec in specs]
+    monkeypatch.setenv(steps.COMPILE_ENV, "default")
+    compiled = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(compiled, 2, batched=True)
+    assert compiled.loop is not None and isinstance(compiled.loop.steps, BatchedSteps)
+    assert compiled.loop.steps._compiled is not None
+    assert all(torch.equal(tokens(compiled, *spec), reference) for spec, reference in zip(specs, expected, strict=True))
+    at_once = together(compiled, specs)
+    assert [t.shape for t in at_once] == [t.shape for t in expected]
