@@ -33,7 +33,7 @@ def main() -> None:
     from musicgen_cog.model.progress import planned_steps
     from musicgen_cog.model.randomness import RequestRandomness
     from musicgen_cog.model.sampling import Sampling
-    from musicgen_cog.model.steps import BatchedSteps
+    from musicgen_cog.model.steps import BatchedSteps, compile_mode
     from musicgen_cog.model.warm_up import warm_up
 
     cuda = name != "cpu"
@@ -43,7 +43,8 @@ def main() -> None:
     loop = model.loop
     assert loop is not None and isinstance(loop.steps, BatchedSteps)
     batched: BatchedSteps = loop.steps
-    print(f"{describe(model, name)}; {max(batches)} slots, warm-up: {warm_up(model).seconds:.1f} s")
+    warmed, compiled = warm_up(model), compile_mode() or "off"
+    print(f"{describe(model, name)}; {max(batches)} slots, compile: {compiled}, warm-up: {warmed.seconds:.1f} s")
     bandwidth = measured_bandwidth() if cuda else None
     weight_bytes = sum(p.numel() * p.element_size() for p in model.musicgen.lm.parameters())
     keys = batched.decoder.caches[0][0]
