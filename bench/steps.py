@@ -101,14 +101,13 @@ def main() -> None:
         length = batched.decoder.attended_length(steps // 2)  # the bucket met mid-clip
         for count in batches:
             per_step = loop_ms(count, seconds)
-            slots = batched.slots_run(count)
-            graph = batched._graph(slots, length) if batched.graphs_enabled else None
-            alone = device_ms(graph.replay if graph else partial(batched._decode_step, slots, length))
-            state = batched.state
+            slots, state, lm = batched.slots_run(count), batched.state, model.musicgen.lm
             assert state is not None
-            lm = model.musicgen.lm
             logits = torch.randn(2 * slots, lm.num_codebooks, lm.card, device=keys.device)
-            sampling_ms = device_ms(partial(batched._choose, state.narrow(0, slots), logits))
+            with torch.no_grad(), model.autocast():  # as the loop runs them (the loop is idle now)
+                graph = batched._graph(slots, length) if batched.graphs_enabled else None
+                alone = device_ms(graph.replay if graph else partial(batched._run_step, slots, length))
+                sampling_ms = device_ms(partial(batched._choose, state.narrow(0, slots), logits))
             floor = None
             if bandwidth:
                 floor = 1000 * (weight_bytes + count * kv_per_position * steps / 2) / bandwidth
