@@ -146,7 +146,8 @@ class SlotDecoder:
         if isinstance(position, torch.Tensor):
             positions = position.view(batch, 1, 1)
             rows = torch.arange(batch, device=x.device)
-            mask = (torch.arange(length, device=x.device).view(1, -1) <= position.view(-1, 1)).view(batch, 1, 1, -1)
+            allowed = (torch.arange(length, device=x.device).view(1, -1) <= position.view(-1, 1)).view(batch, 1, 1, -1)
+            bias: torch.Tensor | None = None
         else:
             positions = torch.full((1, 1, 1), position, device=x.device)
         x = x + transformer.positional_scale * create_sin_embedding(
@@ -159,8 +160,11 @@ class SlotDecoder:
             if isinstance(position, torch.Tensor):
                 keys[rows, :, position] = k[:, :, 0].to(keys.dtype)
                 values[rows, :, position] = v[:, :, 0].to(values.dtype)
+                # additive, in the queries' dtype, once a step (SDPA converts a boolean mask at every call)
+                if bias is None:
+                    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, -torch.inf)
                 y = F.scaled_dot_product_attention(
-                    q, keys[:, :, :length].to(q.dtype), values[:, :, :length].to(q.dtype), attn_mask=mask
+                    q, keys[:, :, :length].to(q.dtype), values[:, :, :length].to(q.dtype), attn_mask=bias
                 )
             else:
                 keys[:, :, position] = k[:, :, 0]
