@@ -37,9 +37,6 @@ def configure(root: Path | None = None, offline: bool = True) -> Path:
         "WEIGHTS_DIR": str(root),
         "HF_HUB_CACHE": str(hf_cache_dir(root)),
         "TORCH_HOME": str(torch_home(root)),
-        # torch.compile's caches (MUSICGEN_COMPILE): beside the weights, not in /tmp
-        "TORCHINDUCTOR_CACHE_DIR": str(torch_home(root) / "inductor"),
-        "TRITON_CACHE_DIR": str(torch_home(root) / "triton"),
         "HF_HUB_OFFLINE": "1" if offline else "0",
         "TRANSFORMERS_OFFLINE": "1" if offline else "0",
         "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -52,6 +49,10 @@ def configure(root: Path | None = None, offline: bool = True) -> Path:
             "the weights folder would be ignored. Call it before importing audiocraft or transformers."
         )
     os.environ.update(wanted)
+    # torch.compile's caches (MUSICGEN_COMPILE), read only when compiling: beside the weights
+    # rather than in /tmp, unless the operator chose a folder
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(torch_home(root) / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(torch_home(root) / "triton"))
     silence_known_harmless_warnings()
     return root
 

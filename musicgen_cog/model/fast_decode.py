@@ -139,7 +139,8 @@ class SlotDecoder:
     ) -> torch.Tensor:
         """One step, logits [B, K, 1, card]. An int position attends to the filled part of the cache
         (exactly audiocraft's numbers); per-row positions (a tensor [B]) attend to the first `length`
-        positions under a mask, with shapes that do not depend on the positions (graphable)."""
+        positions under a mask, with shapes that do not depend on the positions (graphable), the
+        B rows being the first B of `caches`."""
         lm, transformer = self.lm, self.lm.transformer
         x = sum([lm.emb[k](sequence[:, k]) for k in range(lm.num_codebooks)])
         batch = x.shape[0]
@@ -164,7 +165,7 @@ class SlotDecoder:
                 if bias is None:
                     bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, -torch.inf)
                 y = F.scaled_dot_product_attention(
-                    q, keys[:, :, :length].to(q.dtype), values[:, :, :length].to(q.dtype), attn_mask=bias
+                    q, keys[:batch, :, :length].to(q.dtype), values[:batch, :, :length].to(q.dtype), attn_mask=bias
                 )
             else:
                 keys[:, :, position] = k[:, :, 0]

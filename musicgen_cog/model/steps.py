@@ -222,15 +222,26 @@ class BatchedSteps:
         return self.state
 
     def _run_step(self, slots: int, length: int) -> None:
-        (self._compiled or self._decode_step)(slots, length)
+        if self._compiled is None:
+            self._decode_step(slots, length)
+            return
+        assert self.state is not None
+        device = self.state.tokens.device.type
+        try:
+            with autocast_without_cache(device):  # as captures run it: one compiled variant, not two
+                self._compiled(slots, length)
+        except torch._dynamo.exc.TorchDynamoException as exc:  # Inductor or Triton could not build it
+            log.warning("torch.compile of the decoding step failed (%s); running it eagerly from now on", exc)
+            self._compiled = None
+            self._decode_step(slots, length)
 
     def _decode_step(self, slots: int, length: int) -> None:
         """The step a graph captures: the logits of the first `slots` slots' rows over `length`
         cache positions, then their next tokens chosen and written, positions and offsets advanced."""
         assert self.state is not None
         state, decoder = self.state.narrow(0, slots), self.decoder
-        caches = [(keys[: 2 * slots], values[: 2 * slots]) for keys, values in decoder.caches]
-        logits = decoder._forward(state.tokens, caches, state.positions, length)[:, :, 0]
+        # the whole caches: rows are written by index (torch.compile would copy a sliced cache)
+        logits = decoder._forward(state.tokens, decoder.caches, state.positions, length)[:, :, 0]
         state.positions.add_(1).clamp_(max=decoder.cache_length() - 1)  # free slots' rows stay in the cache
         self._choose(state, logits)
 
@@ -293,12 +304,7 @@ class CudaGraphStep:
 
     def __init__(self, step: Callable[[], None], device: str, pool: tp.Any = None):
         self.pool = pool
-        with torch.autocast(
-            device,
-            dtype=torch.get_autocast_dtype(device),
-            enabled=torch.is_autocast_enabled(device),
-            cache_enabled=False,
-        ):
+        with autocast_without_cache(device):
             self._capture(step)
 
     def _capture(self, step: Callable[[], None]) -> None:
@@ -315,6 +321,16 @@ class CudaGraphStep:
 
     def replay(self) -> None:
         self.graph.replay()
+
+
+def autocast_without_cache(device: str) -> torch.autocast:
+    """The caller's autocast on `device` (on or off, its dtype) with the weight-cast cache off."""
+    return torch.autocast(
+        device,
+        dtype=torch.get_autocast_dtype(device),
+        enabled=torch.is_autocast_enabled(device),
+        cache_enabled=False,
+    )
 
 
 Steps = PerSlotSteps | BatchedSteps

@@ -164,9 +164,9 @@ def test_the_compile_setting_is_checked_on_every_machine(tiny_weights, monkeypat
 
 @pytest.mark.slow  # Inductor compiles C++ for a CPU: about a minute
 def test_the_compiled_step_gives_the_eager_steps_tokens(tiny_weights, monkeypatch, tmp_path):
-    """MUSICGEN_COMPILE=default: the step through torch.compile (dynamic shapes: one compile for
-    every cache bucket and slot count), greedy tokens alone exactly the per-slot path's; two at once
-    run the compiled step over both slots."""
+    """MUSICGEN_COMPILE=default: the step through torch.compile (dynamic shapes: one compile for one
+    slot, one for every other count, each for every cache bucket), greedy tokens exactly the
+    per-slot path's alone, and in company too (row counts change last bits only)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     exact = load_model(tiny_weights, device="cpu", slots=2)
     specs = [(1, request(2, temperature=0.0)), (2, request(6, temperature=0.0))]  # 6 s: past one bucket
@@ -178,4 +178,31 @@ def test_the_compiled_step_gives_the_eager_steps_tokens(tiny_weights, monkeypatc
     assert compiled.loop.steps._compiled is not None
     assert all(torch.equal(tokens(compiled, *spec), reference) for spec, reference in zip(specs, expected, strict=True))
     at_once = together(compiled, specs)
-    assert [t.shape for t in at_once] == [t.shape for t in expected]
+    assert all(torch.equal(mine, reference) for mine, reference in zip(at_once, expected, strict=True))
+    assert compiled.loop.steps._compiled is not None  # nothing fell back to eager
+
+
+def test_a_step_that_cannot_be_compiled_runs_eagerly_with_one_warning(tiny_weights, monkeypatch, logs):
+    """No C compiler, a read-only cache folder, an Inductor bug: the server decodes on, eagerly."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    exact = load_model(tiny_weights, device="cpu", slots=2)
+    expected = tokens(exact, 1, request(2, temperature=0.0))
+    monkeypatch.setenv(steps.COMPILE_ENV, "default")
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(model, 2, batched=True)
+    assert model.loop is not None and isinstance(model.loop.steps, BatchedSteps)
+    attempts = []
+
+    def uncompilable(*args):
+        attempts.append(args)
+        raise TorchDynamoException("CppCompileError: no working C compiler")
+
+    model.loop.steps._compiled = uncompilable
+    assert torch.equal(tokens(model, 1, request(2, temperature=0.0)), expected)
+    assert len(attempts) == 1 and model.loop.steps._compiled is None
+    warnings = [r.getMessage() for r in logs.records if "torch.compile" in r.getMessage()]
+    assert warnings == [
+        "torch.compile of the decoding step failed (CppCompileError: no working C compiler); "
+        "running it eagerly from now on"
+    ]
