@@ -132,7 +132,8 @@ class BatchedSteps:
 
     def __init__(self, decoder: SlotDecoder, sequence_length: int, graphs: bool = False, compile_as: str | None = None):
         self.decoder = decoder
-        # torch.compile (Inductor: fused kernels) of the step, one compile for every shape (dynamic)
+        # torch.compile (Inductor: fused kernels) of the step; dynamic shapes: one compile for one
+        # slot, one for any other count, each serving every cache bucket
         self._compiled = torch.compile(self._decode_step, dynamic=True, mode=compile_as) if compile_as else None
         self.sequence_length = sequence_length  # the longest window's pattern sequence
         self.graphs_enabled = graphs  # replay captured steps (CUDA); turned off for good if a capture fails
