@@ -2,9 +2,9 @@
 
 Before the server says READY, one short request of each mode the checkpoint supports runs
 through `generate` (lazy initialisation of T5, demucs, the codec and the GPU's libraries; the
-KV cache's allocation), then the decode step is captured for every attended length of the
-cache (`BatchedSteps.capture_all`: one CUDA graph per bucket of the one batch shape served).
-The warm-up requests draw from a generator of their own and write no file.
+KV cache's allocation; with MUSICGEN_COMPILE, the compile), then the decode step is captured
+for every shape it can take (`BatchedSteps.capture_all`: one CUDA graph per count of slots run
+and bucket of the cache). The warm-up requests draw from a generator of their own and write no file.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .sampling import Sampling
 from .steps import BatchedSteps
 
 log = logging.getLogger(__name__)
-SECONDS = 1.0  # of music per warm-up request: every step shape but the cache length is met at once
+SECONDS = 1.0  # of music per warm-up request: short; capture_all covers the lengths it never reaches
 
 
 @dataclass(frozen=True)
