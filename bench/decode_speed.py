@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
-from bench.models import bench_model, describe, measured_bandwidth
+from bench.models import bench_model, bytes_per_step, describe, measured_bandwidth
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     cuda = name != "cpu"
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else (8.0 if cuda else 3.0)
     assert model.loop is not None
-    musicgen, steps_taken, decoder = model.musicgen, model.loop.steps, model.loop.decoder
+    musicgen, steps_taken = model.musicgen, model.loop.steps
     steps = planned_steps(musicgen, seconds, 0, EXTEND_STRIDE)
     print(f"{describe(model, name)}; {seconds:g} s of tokens, {steps} steps")
 
@@ -74,11 +74,7 @@ def main() -> None:
         f"{'; fp16 rounds differently in the fixed-shape attention' if cuda else ''})"
     )
     if cuda:
-        lm = musicgen.lm
-        weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
-        keys = decoder.caches[0][0]
-        kv_bytes_per_position = 2 * len(decoder.caches) * keys[:, :, 0].numel() * keys.element_size()
-        kv_bytes = kv_bytes_per_position * steps / 2  # the filled part, on average (a prefix of a few tokens aside)
+        weight_bytes, kv_bytes = bytes_per_step(model, 1, steps)
         bandwidth = measured_bandwidth()
         floor_ms = 1000 * (weight_bytes + kv_bytes) / bandwidth
         print(

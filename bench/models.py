@@ -60,3 +60,14 @@ def measured_bandwidth() -> float:
         dst.copy_(src)
     torch.cuda.synchronize()
     return 2 * src.numel() * 4 * 10 / (time.perf_counter() - started)
+
+
+def bytes_per_step(model: Any, requests: int, steps: int) -> tuple[int, float]:
+    """What one decoding step must read at the least (the floor's bytes): the LM's weights, and
+    the filled part of `requests` requests' KV caches, on average over `steps` steps (a short
+    prefix aside)."""
+    weights = sum(p.numel() * p.element_size() for p in model.musicgen.lm.parameters())
+    caches = model.loop.decoder.caches
+    keys = caches[0][0]
+    per_position = 2 * 2 * len(caches) * keys[0, :, 0].numel() * keys.element_size()  # keys, values; a slot's 2 rows
+    return weights, requests * per_position * steps / 2

@@ -19,7 +19,7 @@ import time
 from functools import partial
 from typing import Any
 
-from bench.models import bench_model, describe, measured_bandwidth
+from bench.models import bench_model, bytes_per_step, describe, measured_bandwidth
 
 REPEATS = 50
 
@@ -46,9 +46,6 @@ def main() -> None:
     warmed, compiled = warm_up(model), compile_mode() or "off"
     print(f"{describe(model, name)}; {max(batches)} slots, compile: {compiled}, warm-up: {warmed.seconds:.1f} s")
     bandwidth = measured_bandwidth() if cuda else None
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.musicgen.lm.parameters())
-    keys = batched.decoder.caches[0][0]
-    kv_per_position = 2 * 2 * len(batched.decoder.caches) * keys[0, :, 0].numel() * keys.element_size()  # a slot
 
     def device_ms(work, repeats: int = REPEATS) -> float:
         work()
@@ -103,14 +100,14 @@ def main() -> None:
             per_step = loop_ms(count, seconds)
             slots, state, lm = batched.slots_run(count), batched.state, model.musicgen.lm
             assert state is not None
-            logits = torch.randn(2 * slots, lm.num_codebooks, lm.card, device=keys.device)
+            logits = torch.randn(2 * slots, lm.num_codebooks, lm.card, device=state.tokens.device)
             with torch.no_grad(), model.autocast():  # as the loop runs them (the loop is idle now)
                 graph = batched._graph(slots, length) if batched.graphs_enabled else None
                 alone = device_ms(graph.replay if graph else partial(batched._run_step, slots, length))
                 sampling_ms = device_ms(partial(batched._choose, state.narrow(0, slots), logits))
             floor = None
             if bandwidth:
-                floor = 1000 * (weight_bytes + count * kv_per_position * steps / 2) / bandwidth
+                floor = 1000 * sum(bytes_per_step(model, count, steps)) / bandwidth
                 fractions.append((count, seconds, floor / per_step))
             print(
                 f"{count:>2} | {seconds:g} s | {per_step:6.2f} | {alone:6.2f} | {sampling_ms:6.2f} | "

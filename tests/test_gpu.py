@@ -21,6 +21,7 @@ from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
 from musicgen_cog.model.steps import BatchedSteps
 from musicgen_cog.model.warm_up import warm_up
+from tests.helpers import tone
 
 pytestmark = [
     pytest.mark.gpu,
@@ -44,9 +45,8 @@ def model() -> Iterator[Any]:
     loaded.loop.close()
 
 
-def tone(seconds: float) -> Audio:
-    time_axis = torch.arange(int(seconds * 32000)) / 32000
-    return Audio((0.3 * torch.sin(2 * torch.pi * 440.0 * time_axis))[None], 32000)
+def clip(seconds: float) -> Audio:
+    return Audio(torch.from_numpy(tone(seconds, 32000, 1)).T.contiguous(), 32000)
 
 
 def tokens(model: Any, request: GenerationRequest, seed: int = 1) -> torch.Tensor:
@@ -129,10 +129,10 @@ def test_after_warm_up_no_request_captures_a_graph_and_memory_stays_bounded(mode
     sampling = Sampling(250, 0.0, 1.0, 3.0)
     requests = [
         GenerationRequest(PROMPT, 8.0, sampling),
-        GenerationRequest(PROMPT, 8.0, sampling, melody=tone(8.0)),
-        GenerationRequest(PROMPT, 8.0, sampling, continue_from=tone(4.0)),
+        GenerationRequest(PROMPT, 8.0, sampling, melody=clip(8.0)),
+        GenerationRequest(PROMPT, 8.0, sampling, continue_from=clip(4.0)),
         GenerationRequest(PROMPT, 30.0, sampling),
-        GenerationRequest(PROMPT, 33.0, sampling, melody=tone(10.0)),  # two windows, the melody looped
+        GenerationRequest(PROMPT, 33.0, sampling, melody=clip(10.0)),  # two windows, the melody looped
     ]
     done = []
 

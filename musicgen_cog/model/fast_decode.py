@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from audiocraft.models.lm import LMModel
 from audiocraft.modules.transformer import create_sin_embedding
 
+from .window import Window
+
 log = logging.getLogger(__name__)
 DECODER_ENV = "MUSICGEN_DECODER"  # "fast" (default) or "audiocraft"
 # Fixed-shape steps attend to whole buckets of the cache: smaller buckets read fewer unused
@@ -85,13 +87,15 @@ class SlotDecoder:
         return self.caches[0][0].shape[2] if self.caches else 0
 
     @torch.no_grad()
-    def prefill(self, slot: int, sequence: torch.Tensor, conditions: dict, steps: int) -> tuple[torch.Tensor, int]:
-        """Run audiocraft's forward over a request's prefix ([2, K, T]: the CFG pair of its sequence
-        so far) with its condition tensors; keep its keys/values in `slot`, with room for `steps`
-        more. Returns the logits [2, K, card] of the last position and the positions now filled."""
-        lm = self.lm
+    def prefill(self, window: Window) -> tuple[torch.Tensor, int]:
+        """Run audiocraft's forward over `window`'s prefix (the CFG pair of its sequence before
+        `first_step`) with its condition tensors; keep the keys/values in its slot, with room for
+        its remaining steps. Returns the logits [2, K, card] of the last position and the
+        positions now filled."""
+        lm, slot, steps = self.lm, window.slot, window.length - window.first_step
+        prefix = window.sequence[..., : window.first_step]
         with lm.streaming():
-            logits = lm(sequence, conditions=[], condition_tensors=conditions)[:, :, -1]
+            logits = lm(torch.cat([prefix, prefix]), conditions=[], condition_tensors=window.conditions)[:, :, -1]
             layers = lm.transformer.layers
             first = layers[0].self_attn._streaming_state["past_keys"]  # [2, heads, filled, head_dim]
             filled = first.shape[2]

@@ -49,9 +49,7 @@ class PerSlotSteps:
 
     def admit(self, window: Window) -> None:
         """Prefill `window`'s prefix into its slot and write its first generated tokens."""
-        prefix = window.sequence[..., : window.first_step]
-        steps = window.length - window.first_step
-        logits, filled = self.decoder.prefill(window.slot, torch.cat([prefix, prefix]), window.conditions, steps)
+        logits, filled = self.decoder.prefill(window)
         window.offset, window.position = window.first_step, filled
         self._sample_into(window, logits)
 
@@ -151,14 +149,13 @@ class BatchedSteps:
             raise ValueError(f"a window of {window.length} steps is longer than the {self.sequence_length} allocated")
         if not 0 <= window.sampling.top_k <= lm.card:
             raise ValueError(f"top_k {window.sampling.top_k} is out of range: 0 to the codebook size {lm.card}")
-        prefix = window.sequence[..., : window.first_step]
-        steps = window.length - window.first_step
-        logits, filled = self.decoder.prefill(window.slot, torch.cat([prefix, prefix]), window.conditions, steps)
+        logits, filled = self.decoder.prefill(window)
         whole = self._state(window.sequence.device)
         whole.rule.set(window.slot, window.sampling)
         state = whole.narrow(window.slot)
         state.sequences[0, :, : window.length] = window.sequence[0]
         state.masks[0, :, : window.length] = window.mask
+        steps = window.length - window.first_step
         draws = torch.rand((steps, lm.num_codebooks), generator=window.generator, device=window.generator.device)
         state.uniforms[0, window.first_step : window.length] = draws
         state.offsets.fill_(window.first_step)
