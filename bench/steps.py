@@ -1,14 +1,15 @@
 """Where a decoding step's time goes, and how far it is from the memory floor.
 
-For B = 1, 4 and 16 requests decoding together, at each duration: ms per step through the
-shared loop (steps where all B decode, host included), the captured step replayed alone (on a
-CPU: run eagerly), the sampling part of it run alone (eager: in the graph it costs less), the
-host's share (loop minus step), and the floor: the bytes one step must read (the weights, and
-the filled part of each request's KV cache, on average over the clip) at the bandwidth of a
-large copy on this device. Warm-up first, as setup() does. Last line: `floor fraction <P>% on
-<device>` (B = 1, the first duration).
+For B = 1, 4, 8 and 16 requests decoding together in 16 slots, at each duration: ms per step
+through the shared loop (steps where all B decode, host included), the captured step replayed
+alone (on a CPU: run eagerly), the sampling part of it run alone (eager: in the graph it costs
+less), the host's share (loop minus step), the attention of all the step's layers alone, row-wise
+(MUSICGEN_ATTENTION's default) and by SDPA under a mask to the furthest row's bucket (`sdpa`),
+and the floor: the bytes one step must read (the weights, and the filled part of each request's
+KV cache, on average over the clip) at the bandwidth of a large copy on this device. Warm-up
+first, as setup() does. Last line: `floor fraction <P>% on <device>` (B = 1, the first duration).
 
-    python -m bench.steps [SECONDS ...]   (default 8 30 on a GPU, 1 on a CPU; B = 1, 4 on a CPU)
+    python -m bench.steps [SECONDS ...]   (default 8 30 on a GPU, 1 on a CPU)
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from typing import Any
 from bench.models import bench_model, bytes_per_step, describe, measured_bandwidth
 
 REPEATS = 50
+BATCHES = (1, 4, 8, 16)
 
 
 def main() -> None:
-    model, name = bench_model(slots=16)
+    model, name = bench_model(slots=max(BATCHES))
     import torch
 
+    from musicgen_cog.model.attention import attention_choice, masked_sdpa, rowwise_attention
     from musicgen_cog.model.generation import EXTEND_STRIDE, GenerationRequest, generate_tokens
     from musicgen_cog.model.loading import start_decoding_loop
     from musicgen_cog.model.progress import planned_steps
@@ -38,13 +41,15 @@ def main() -> None:
 
     cuda = name != "cpu"
     durations = [float(a) for a in sys.argv[1:]] or ([8.0, 30.0] if cuda else [1.0])
-    batches = (1, 4, 16) if cuda else (1, 4)
-    start_decoding_loop(model, slots=max(batches), batched=True)  # the GPU's step, on a CPU too
+    start_decoding_loop(model, slots=max(BATCHES), batched=True)  # the GPU's step, on a CPU too
     loop = model.loop
     assert loop is not None and isinstance(loop.steps, BatchedSteps)
     batched: BatchedSteps = loop.steps
     warmed, compiled = warm_up(model), compile_mode() or "off"
-    print(f"{describe(model, name)}; {max(batches)} slots, compile: {compiled}, warm-up: {warmed.seconds:.1f} s")
+    print(
+        f"{describe(model, name)}; {max(BATCHES)} slots, attention: {attention_choice()}, "
+        f"compile: {compiled}, warm-up: {warmed.seconds:.1f} s"
+    )
     bandwidth = measured_bandwidth() if cuda else None
 
     def device_ms(work, repeats: int = REPEATS) -> float:
@@ -91,27 +96,47 @@ def main() -> None:
             del batched.step
         return 1000 * (times[-1] - times[0]) / (len(times) - 1)
 
+    def attention_ms(count: int, position: int, rowwise: bool) -> float:
+        """Every layer's attention alone, for `count` busy slots at `position` and the rest free."""
+        decoder = batched.decoder
+        keys, values = decoder.caches[0]
+        rows, heads, _, head_dim = keys.shape
+        query = torch.randn((rows, heads, 1, head_dim), dtype=keys.dtype, device=keys.device)
+        positions = torch.zeros(rows, dtype=torch.long, device=keys.device)
+        positions[: 2 * count] = position
+        span = batched.span(position)
+        if rowwise:
+            work = partial(rowwise_attention, query, keys, values, positions + 1, span)
+        else:
+            work = partial(masked_sdpa, query, keys, values, positions, decoder.attended_length(position))
+        return len(decoder.caches) * device_ms(work)
+
     fractions = []
-    print("B | clip | loop ms/step | step alone | sampling (eager) | host | floor ms/step | of the floor")
+    print(
+        "B | clip | loop ms/step | step alone | sampling (eager) | host | attention row-wise | attention sdpa "
+        "| floor ms/step | of the floor"
+    )
     for seconds in durations:
         steps = planned_steps(model.musicgen, seconds, 0, EXTEND_STRIDE)
-        length = batched.decoder.attended_length(steps // 2)  # the bucket met mid-clip
-        for count in batches:
+        middle = steps // 2  # the cache position met mid-clip
+        span = batched.span(middle)
+        for count in BATCHES:
             per_step = loop_ms(count, seconds)
-            slots, state, lm = batched.slots_run(count), batched.state, model.musicgen.lm
+            state, lm = batched.state, model.musicgen.lm
             assert state is not None
-            logits = torch.randn(2 * slots, lm.num_codebooks, lm.card, device=state.tokens.device)
+            logits = torch.randn(2 * batched.decoder.slots, lm.num_codebooks, lm.card, device=state.tokens.device)
             with torch.no_grad(), model.autocast():  # as the loop runs them (the loop is idle now)
-                graph = batched._graph(slots, length) if batched.graphs_enabled else None
-                alone = device_ms(graph.replay if graph else partial(batched._run_step, slots, length))
-                sampling_ms = device_ms(partial(batched._choose, state.narrow(0, slots), logits))
+                graph = batched._graph(span) if batched.graphs_enabled else None
+                alone = device_ms(graph.replay if graph else partial(batched._run_step, span))
+                sampling_ms = device_ms(partial(batched._choose, state, logits))
+                rowwise, sdpa = (attention_ms(count, middle, rowwise) for rowwise in (True, False))
             floor = None
             if bandwidth:
                 floor = 1000 * sum(bytes_per_step(model, count, steps)) / bandwidth
                 fractions.append((count, seconds, floor / per_step))
             print(
                 f"{count:>2} | {seconds:g} s | {per_step:6.2f} | {alone:6.2f} | {sampling_ms:6.2f} | "
-                f"{per_step - alone:6.2f} | "
+                f"{per_step - alone:6.2f} | {rowwise:6.2f} | {sdpa:6.2f} | "
                 + (f"{floor:5.2f} | {100 * floor / per_step:4.0f}%" if floor else "n/a (no GPU) | n/a")
             )
     if fractions:

@@ -19,6 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # Triton kernels (the GPU's attention) run in Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from musicgen_cog import environment  # noqa: E402
 from musicgen_cog.weights import random_weights  # noqa: E402
 

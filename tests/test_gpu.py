@@ -148,3 +148,25 @@ def test_after_warm_up_no_request_captures_a_graph_and_memory_stays_bounded(mode
     weights = sum(p.numel() * p.element_size() for p in model.musicgen.lm.parameters())
     kv = sum(keys.numel() * keys.element_size() * 2 for keys, _ in batched.decoder.caches)
     assert torch.cuda.max_memory_allocated() <= weights + kv + HEADROOM
+
+
+def test_a_seeded_request_gives_the_same_tokens_alone_and_in_company_in_another_slot(model):
+    """Row-wise attention and fixed shapes: on the GPU too a request's numbers do not depend on
+    who else decodes, or in which slot it runs."""
+    seeded = GenerationRequest(PROMPT, 4.0, Sampling(250, 0.0, 1.0, 3.0))
+    alone = tokens(model, seeded, seed=42)
+    others = [GenerationRequest(f"{PROMPT} {i}", 2.0 + 3 * i, Sampling(0, 0.9, 1.0, 3.0)) for i in range(3)]
+    results: dict[int, torch.Tensor] = {}
+
+    def one(index: int, request: GenerationRequest, seed: int) -> None:
+        results[index] = tokens(model, request, seed=seed)
+
+    threads = [threading.Thread(target=one, args=(i, r, i)) for i, r in enumerate(others)]
+    for thread in threads:
+        thread.start()
+    while len(model.loop._active) < len(others):  # it joins them while they decode, in a slot above theirs
+        threading.Event().wait(0.01)
+    one(len(others), seeded, 42)
+    for thread in threads:
+        thread.join()
+    assert torch.equal(results[len(others)], alone)

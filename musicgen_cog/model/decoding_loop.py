@@ -128,15 +128,17 @@ class DecodingLoop:
             self._leave(window, GenerationCancelled())
 
     def _leave(self, window: Window, error: BaseException | None = None) -> None:
-        if window in self._active:
-            self._active.remove(window)
-            self._free_slots.append(window.slot)
-        elif window in self._waiting:
+        held = window in self._active
+        if window in self._waiting:
             self._waiting.remove(window)
         if error is None:
             window.done.set_result(self.steps.result(window))
         else:
             window.done.set_exception(error)
+        if held:  # its slot is free before it leaves the active windows: whoever sees it gone sees the slot free
+            self.steps.vacate(window)
+            self._free_slots.append(window.slot)
+            self._active.remove(window)
 
     def _admit(self) -> None:
         while self._waiting and self._free_slots:

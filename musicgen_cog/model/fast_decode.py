@@ -13,18 +13,18 @@ KV_BUCKET positions (fixed shapes, for CUDA graphs). `steps.py` chooses and driv
 from __future__ import annotations
 
 import logging
-import os
 import typing as tp
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from audiocraft.models.lm import LMModel
 from audiocraft.modules.transformer import create_sin_embedding
 
+from .attention import masked_sdpa, rowwise_attention
 from .window import Window
 
 log = logging.getLogger(__name__)
-DECODER_ENV = "MUSICGEN_DECODER"  # "fast" (default) or "audiocraft"
 # Fixed-shape steps attend to whole buckets of the cache: smaller buckets read fewer unused
 # keys/values per step, larger ones need fewer graphs (a 30 s window spans 7 of 256).
 KV_BUCKET = 256
@@ -61,21 +61,14 @@ def unsupported_reason(lm: LMModel) -> str | None:
     return None
 
 
-def decoder_choice() -> str:
-    """MUSICGEN_DECODER: "fast" (default, our step and shared loop) or "audiocraft" (its own loop)."""
-    choice = os.environ.get(DECODER_ENV, "fast")
-    if choice not in ("fast", "audiocraft"):
-        raise ValueError(f"{DECODER_ENV} must be 'fast' or 'audiocraft', got {choice!r}")
-    return choice
-
-
 class SlotDecoder:
     """The LM's forward for requests held in `slots` slots of one KV cache (rows 2s and 2s+1: slot s)."""
 
-    def __init__(self, lm: LMModel, slots: int, min_length: int = KV_BUCKET):
+    def __init__(self, lm: LMModel, slots: int, min_length: int = KV_BUCKET, attention: str = "rowwise"):
         # Any: audiocraft's submodules are reached by attribute, which torch types as `Tensor | Module`
         self.lm: tp.Any = lm
         self.slots = slots
+        self.attention = attention  # of the batched step: "rowwise" or "sdpa" (attention.attention_choice)
         self.caches: Caches = []  # replaced (never resized in place) when it grows: graphs compare identity
         self.min_length = min_length  # positions allocated at first use: growing later drops every graph
 
@@ -142,42 +135,69 @@ class SlotDecoder:
         self, sequence: torch.Tensor, caches: Caches, position: int | torch.Tensor, length: int = 0
     ) -> torch.Tensor:
         """One step, logits [B, K, 1, card]. An int position attends to the filled part of the cache
-        (exactly audiocraft's numbers); per-row positions (a tensor [B]) attend to the first `length`
-        positions under a mask, with shapes that do not depend on the positions (graphable), the
-        B rows being the first B of `caches`."""
+        (exactly audiocraft's numbers); per-row positions (a tensor [B]: the batched step, the B rows
+        being the first B of `caches`) run shapes that never depend on the positions (graphable):
+        each row attends to its own filled length (`attention.rowwise_attention`; `length` bounds
+        the CPU's fold), or, with MUSICGEN_ATTENTION=sdpa, every row to `length` under a mask."""
         lm, transformer = self.lm, self.lm.transformer
         x = sum([lm.emb[k](sequence[:, k]) for k in range(lm.num_codebooks)])
         batch = x.shape[0]
         if isinstance(position, torch.Tensor):
             positions = position.view(batch, 1, 1)
             rows = torch.arange(batch, device=x.device)
-            allowed = (torch.arange(length, device=x.device).view(1, -1) <= position.view(-1, 1)).view(batch, 1, 1, -1)
-            bias: torch.Tensor | None = None
+            filled = position + 1
         else:
             positions = torch.full((1, 1, 1), position, device=x.device)
         x = x + transformer.positional_scale * create_sin_embedding(
             positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype
         )
+        apply = self._per_pair if isinstance(position, torch.Tensor) else _whole
         for layer, (keys, values) in zip(transformer.layers, caches, strict=True):
             attn = layer.self_attn
-            projected = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
+            projected = apply(partial(_projections, layer), x)
             q, k, v = projected.view(batch, 1, 3, attn.num_heads, -1).permute(0, 3, 2, 1, 4).unbind(dim=2)
             if isinstance(position, torch.Tensor):
                 keys[rows, :, position] = k[:, :, 0].to(keys.dtype)
                 values[rows, :, position] = v[:, :, 0].to(values.dtype)
-                # additive, in the queries' dtype, once a step (SDPA converts a boolean mask at every call)
-                if bias is None:
-                    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, -torch.inf)
-                y = F.scaled_dot_product_attention(
-                    q, keys[:batch, :, :length].to(q.dtype), values[:batch, :, :length].to(q.dtype), attn_mask=bias
-                )
+                if self.attention == "sdpa":
+                    y = masked_sdpa(q, keys, values, position, length)
+                else:
+                    y = rowwise_attention(q, keys, values, filled, length)
             else:
                 keys[:, :, position] = k[:, :, 0]
                 values[:, :, position] = v[:, :, 0]
                 y = F.scaled_dot_product_attention(q, keys[:, :, : position + 1], values[:, :, : position + 1])
-            y = attn.out_proj(y.to(x.dtype).transpose(1, 2).reshape(batch, 1, -1))
+            y = apply(attn.out_proj, y.to(x.dtype).transpose(1, 2).reshape(batch, 1, -1))
             x = x + layer.layer_scale_1(layer.dropout1(y))
-            x = x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
+            x = x + layer.layer_scale_2(apply(partial(_feed_forward, layer), x))
         if lm.out_norm:
             x = lm.out_norm(x)
-        return torch.stack([lm.linears[k](x) for k in range(lm.num_codebooks)], dim=1)
+        return apply(partial(_logits, lm), x)
+
+    @staticmethod
+    def _per_pair(function: tp.Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """`function` (matrix products) over the rows of `x`: on a GPU as one product of every row;
+        on a CPU one product per CFG pair, each from a fresh buffer. MKL computes a row of a product
+        by its place in it (rows 4-5 of a 6-row product differ from rows 0-1, seen with 2 threads)
+        and may by its alignment: per pair, a slot's rows get the same arithmetic in any slot."""
+        if x.is_cuda or x.shape[0] <= 2:
+            return function(x)
+        return torch.cat([function(pair.clone()) for pair in x.split(2)])
+
+
+def _whole(function: tp.Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    return function(x)
+
+
+# a layer's matrix products, each with what precedes it on the same rows (audiocraft's order)
+def _projections(layer: tp.Any, x: torch.Tensor) -> torch.Tensor:
+    attn = layer.self_attn
+    return F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
+
+
+def _feed_forward(layer: tp.Any, x: torch.Tensor) -> torch.Tensor:
+    return layer._ff_block(layer.norm2(x))
+
+
+def _logits(lm: tp.Any, x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([lm.linears[k](x) for k in range(lm.num_codebooks)], dim=1)

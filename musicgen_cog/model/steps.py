@@ -3,14 +3,14 @@
 - `PerSlotSteps`: each slot's CFG pair runs alone at its filled length, then samples with its
   request's generator: exactly audiocraft's numbers and draws (oneDNN picks other kernels for
   other row counts, so rows of several requests are not stacked on a CPU).
-- `BatchedSteps`: one fixed-shape function runs the rows of the first slots (a power of two
-  covering every slot in use: requests take the lowest free slot), guides, samples and writes
-  each slot's next tokens, all from device tensors (tokens, positions, offsets, sequences,
-  sampling rules, uniforms drawn at admission from the request's generator). On a GPU it is one
-  CUDA graph replay per step, one graph per (slots run, attended bucket of the cache), and the
-  host only counts: it never reads a step's numbers, and runs at most LOOKAHEAD steps ahead.
-  Running only the slots in use matters: every row reads the attended part of its cache, about
-  0.3 MB per position per row at melody size, as much as the weights for 8 idle slots at 30 s.
+- `BatchedSteps`: one fixed-shape function runs the rows of every slot, busy or free, guides,
+  samples and writes each slot's next tokens, all from device tensors (tokens, positions,
+  offsets, sequences, sampling rules, uniforms drawn at admission from the request's generator).
+  Its shapes never change with company, and each row attends to its own filled length
+  (`attention.py`): a request's numbers are the same alone and beside any others, in any slot.
+  A free slot's rows stay at position 0, so they read one position of the cache. On a GPU a step
+  is one CUDA graph replay, and the host only counts: it never reads a step's numbers, and runs
+  at most LOOKAHEAD steps ahead.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .fast_decode import KV_BUCKET, TYPICAL_PREFIX, SlotDecoder, decoder_choice, unsupported_reason
+from .attention import attention_choice
+from .fast_decode import KV_BUCKET, TYPICAL_PREFIX, SlotDecoder, unsupported_reason
 from .sampling import RowSampling, guided, guided_rows, sample, sample_rows
 from .window import UNKNOWN_TOKEN, Window
 
@@ -32,6 +33,10 @@ if tp.TYPE_CHECKING:
     from audiocraft.models import MusicGen
 
 log = logging.getLogger(__name__)
+DECODER_ENV = "MUSICGEN_DECODER"
+# auto: batched on a GPU, per slot on a CPU (audiocraft's exact numbers, and a CPU's products are
+# cheapest for the rows in use only); audiocraft: its own loop, one request at a time
+DECODER_CHOICES = ("auto", "batched", "per-slot", "audiocraft")
 COMPILE_ENV = "MUSICGEN_COMPILE"
 # torch.compile modes for the batched step; those that capture CUDA graphs of their own are left
 # out (the step is captured here, per shape). Off by default: see compile_mode().
@@ -69,6 +74,9 @@ class PerSlotSteps:
     def result(self, window: Window) -> torch.Tensor:
         return window.sequence
 
+    def vacate(self, window: Window) -> None:
+        """Nothing to do: a slot's step runs only while it holds a request."""
+
     def _sample_into(self, window: Window, pair: torch.Tensor) -> None:
         tokens = sample(guided(pair, window.sampling.cfg_coef), window.sampling, window.generator)
         window.write(tokens)
@@ -88,6 +96,7 @@ class SlotState:
     masks: torch.Tensor  # [slots, K, L] its pattern's validity
     uniforms: torch.Tensor  # [slots, L, K] its draws in [0, 1), one per generated token
     faults: torch.Tensor  # [slots] whether its logits were ever NaN or infinite
+    advancing: torch.Tensor  # [rows] 1 while the row's slot holds a request (its position moves), else 0
     rule: RowSampling
 
     @classmethod
@@ -103,6 +112,7 @@ class SlotState:
             masks=zeros(slots, codebooks, length, dtype=torch.bool),
             uniforms=zeros(slots, length, codebooks, dtype=torch.float32),
             faults=zeros(slots, dtype=torch.bool),
+            advancing=zeros(2 * slots),
             rule=RowSampling.zeros(slots, device),
         )
 
@@ -117,6 +127,7 @@ class SlotState:
             self.masks[slots],
             self.uniforms[slots],
             self.faults[slots],
+            self.advancing[rows],
             self.rule.narrow(first, count),
         )
 
@@ -130,12 +141,12 @@ class BatchedSteps:
 
     def __init__(self, decoder: SlotDecoder, sequence_length: int, graphs: bool = False, compile_as: str | None = None):
         self.decoder = decoder
-        # torch.compile (Inductor: fused kernels) of the step; dynamic shapes: one compile for one
-        # slot, one for any other count, each serving every cache bucket
+        # torch.compile (Inductor: fused kernels) of the step; dynamic shapes: one compile serves
+        # every span of the cache
         self._compiled = torch.compile(self._decode_step, dynamic=True, mode=compile_as) if compile_as else None
         self.sequence_length = sequence_length  # the longest window's pattern sequence
         self.graphs_enabled = graphs  # replay captured steps (CUDA); turned off for good if a capture fails
-        self.graphs: dict[tuple[int, int], CudaGraphStep] = {}  # by (slots run, attended length), for `_graphs_caches`
+        self.graphs: dict[int, CudaGraphStep] = {}  # by the span of the cache a step reads, for `_graphs_caches`
         self._graphs_caches: list | None = None
         self.state: SlotState | None = None
         self._in_flight: deque[torch.cuda.Event] = deque()
@@ -160,6 +171,7 @@ class BatchedSteps:
         state.uniforms[0, window.first_step : window.length] = draws
         state.offsets.fill_(window.first_step)
         state.positions.fill_(filled)
+        state.advancing.fill_(1)
         state.faults.fill_(False)
         self._choose(state, logits)
         window.offset, window.position = window.first_step, filled
@@ -167,15 +179,12 @@ class BatchedSteps:
 
     def step(self, windows: list[Window]) -> dict[Window, Exception]:
         """One token for every window; their host counters follow. A failure fails all (raised)."""
-        shape = (
-            self.slots_run(max(w.slot for w in windows) + 1),
-            self.decoder.attended_length(max(w.position for w in windows)),
-        )
-        graph = self._graph(*shape) if self.graphs_enabled else None
+        span = self.span(max(w.position for w in windows))
+        graph = self._graph(span) if self.graphs_enabled else None
         if graph is not None:
             graph.replay()
         else:
-            self._run_step(*shape)
+            self._run_step(span)
         self._keep_up()
         for window in windows:
             window.position += 1
@@ -190,22 +199,32 @@ class BatchedSteps:
         sequence = self.state.sequences[slot : slot + 1, :, : window.length]
         return torch.where(self.state.faults[slot], UNKNOWN_TOKEN, sequence)
 
-    def slots_run(self, in_use: int) -> int:
-        """The slots a step runs when the highest in use is `in_use` - 1: a power of two, or all."""
-        return min(self.decoder.slots, 1 << (in_use - 1).bit_length())
+    def vacate(self, window: Window) -> None:
+        """`window` has left its slot: its rows go back to position 0 and stay there."""
+        if self.state is not None:
+            state = self.state.narrow(window.slot)
+            state.advancing.fill_(0)
+            state.positions.fill_(0)
 
-    def shapes(self) -> list[tuple[int, int]]:
-        """Every (slots run, attended length) a step can take with the cache as allocated."""
-        counts = sorted({self.slots_run(n) for n in range(1, self.decoder.slots + 1)})
-        lengths = range(KV_BUCKET, self.decoder.cache_length() + 1, KV_BUCKET)
-        return [(count, length) for count in counts for length in lengths]
+    def span(self, furthest: int) -> int:
+        """Cache positions a step reads when the furthest row is at `furthest`: the whole cache for
+        the CUDA kernels (each row reads its own filled part: one graph serves every step), else
+        whole buckets up to that row (how far the CPU's fold goes; SDPA's mask)."""
+        decoder = self.decoder
+        if decoder.attention == "rowwise" and self.graphs_enabled:
+            return decoder.cache_length()
+        return decoder.attended_length(furthest)
+
+    def shapes(self) -> list[int]:
+        """Every span a step can take with the cache as allocated."""
+        return sorted({self.span(position) for position in range(0, self.decoder.cache_length(), KV_BUCKET)})
 
     def capture_all(self) -> int:
         """Capture the step for every shape (after a first request has allocated the cache), so
         that no request pays for a capture. Returns the graphs held."""
         if self.graphs_enabled and self.state is not None:
-            for shape in self.shapes():
-                self._graph(*shape)
+            for span in self.shapes():
+                self._graph(span)
         return len(self.graphs)
 
     def release(self) -> None:
@@ -219,28 +238,28 @@ class BatchedSteps:
             self.state = SlotState.empty(self.decoder.slots, lm.num_codebooks, self.sequence_length, device)
         return self.state
 
-    def _run_step(self, slots: int, length: int) -> None:
+    def _run_step(self, span: int) -> None:
         if self._compiled is None:
-            self._decode_step(slots, length)
+            self._decode_step(span)
             return
         assert self.state is not None
         device = self.state.tokens.device.type
         try:
             with autocast_without_cache(device):  # as captures run it: one compiled variant, not two
-                self._compiled(slots, length)
+                self._compiled(span)
         except torch._dynamo.exc.TorchDynamoException as exc:  # Inductor or Triton could not build it
             log.warning("torch.compile of the decoding step failed (%s); running it eagerly from now on", exc)
             self._compiled = None
-            self._decode_step(slots, length)
+            self._decode_step(span)
 
-    def _decode_step(self, slots: int, length: int) -> None:
-        """The step a graph captures: the logits of the first `slots` slots' rows over `length`
-        cache positions, then their next tokens chosen and written, positions and offsets advanced."""
+    def _decode_step(self, span: int) -> None:
+        """The step a graph captures: the logits of every slot's rows over `span` cache positions,
+        then their next tokens chosen and written, the busy rows' positions and every offset advanced."""
         assert self.state is not None
-        state, decoder = self.state.narrow(0, slots), self.decoder
+        state, decoder = self.state, self.decoder
         # the whole caches: rows are written by index (torch.compile would copy a sliced cache)
-        logits = decoder._forward(state.tokens, decoder.caches, state.positions, length)[:, :, 0]
-        state.positions.add_(1).clamp_(max=decoder.cache_length() - 1)  # free slots' rows stay in the cache
+        logits = decoder._forward(state.tokens, decoder.caches, state.positions, span)[:, :, 0]
+        state.positions.add_(state.advancing).clamp_(max=decoder.cache_length() - 1)
         self._choose(state, logits)
 
     def _choose(self, state: SlotState, logits: torch.Tensor) -> None:
@@ -260,18 +279,16 @@ class BatchedSteps:
         state.tokens.copy_(tokens.repeat_interleave(2, dim=0))
         state.offsets.add_(1).clamp_(max=length - 1)  # a finished slot's offset stays inside its sequence
 
-    def _graph(self, slots: int, length: int) -> CudaGraphStep | None:
+    def _graph(self, span: int) -> CudaGraphStep | None:
         if self._graphs_caches is not self.decoder.caches:  # the cache was reallocated: old graphs read freed memory
             self.graphs.clear()
             self._graphs_caches = self.decoder.caches
-        if (slots, length) not in self.graphs:
+        if span not in self.graphs:
             state = self.state
             assert state is not None
             saved = [tensor.clone() for tensor in state.tensors()]  # capture's warm-up runs advance the state
             try:
-                self.graphs[slots, length] = CudaGraphStep(
-                    lambda: self._run_step(slots, length), state.tokens.device.type, self._pool
-                )
+                self.graphs[span] = CudaGraphStep(lambda: self._run_step(span), state.tokens.device.type, self._pool)
             except RuntimeError as exc:  # a driver or kernel that cannot be captured: stay correct, run eagerly
                 log.warning("CUDA graph capture failed (%s); decoding without graphs from now on", exc)
                 self.graphs_enabled = False
@@ -279,7 +296,7 @@ class BatchedSteps:
             finally:
                 for tensor, before in zip(state.tensors(), saved, strict=True):
                     tensor.copy_(before)
-        return self.graphs[slots, length]
+        return self.graphs[span]
 
     def _keep_up(self) -> None:
         """Wait, if needed, for the step launched LOOKAHEAD steps ago: never for this one."""
@@ -337,19 +354,31 @@ Steps = PerSlotSteps | BatchedSteps
 def steps_for(musicgen: MusicGen, slots: int, batched: bool | None = None) -> Steps | None:
     """Our steps for `musicgen`'s LM in `slots` slots, or None for audiocraft's own loop
     (MUSICGEN_DECODER=audiocraft, or an architecture the step does not reproduce). `batched`:
-    all slots in one step (default: on a GPU, with graphs; a CPU can run it to compare)."""
+    all slots in one step, or not; default MUSICGEN_DECODER's choice."""
     lm = musicgen.lm
     reason = unsupported_reason(lm)
-    compile_as = compile_mode()  # checked on every machine, used on the batched step only
-    if decoder_choice() == "audiocraft" or reason:
+    choice, attention = decoder_choice(), attention_choice()  # both checked on every machine
+    compile_as = compile_mode()  # used on the batched step only
+    if choice == "audiocraft" or reason:
         log.info("decoding with audiocraft's own loop, one request at a time%s", f" ({reason})" if reason else "")
         return None
     cuda = next(lm.parameters()).is_cuda
     window_steps = int(musicgen.max_duration * musicgen.frame_rate) + lm.num_codebooks + 1
-    decoder = SlotDecoder(lm, slots, min_length=window_steps + TYPICAL_PREFIX)
-    if cuda if batched is None else batched:
+    decoder = SlotDecoder(lm, slots, min_length=window_steps + TYPICAL_PREFIX, attention=attention)
+    if batched is None:
+        batched = choice == "batched" or (choice == "auto" and cuda)
+    if batched:
         return BatchedSteps(decoder, sequence_length=window_steps, graphs=cuda, compile_as=compile_as)
     return PerSlotSteps(decoder)
+
+
+def decoder_choice() -> str:
+    """MUSICGEN_DECODER: one of DECODER_CHOICES (default "auto")."""
+    choice = os.environ.get(DECODER_ENV, "auto")
+    if choice not in DECODER_CHOICES:
+        accepted = ", ".join(repr(c) for c in DECODER_CHOICES)
+        raise ValueError(f"{DECODER_ENV} must be one of {accepted}, got {choice!r}")
+    return choice
 
 
 def compile_mode() -> str | None:

@@ -66,10 +66,8 @@ def together(model, requests: list[tuple[int, dict]]) -> list:
 
 @pytest.fixture(scope="module", params=["per-slot", "all-slots"])
 def model(request, tiny_weights):
-    """A CPU model with SLOTS slots, stepping per slot (as on a CPU) or all slots in use at once (as
-    on a GPU: there a request's rows may share a matrix product with others', whose kernel can
-    change with the row count; an inverse-CDF draw only moves when its uniform falls within that
-    rounding of a boundary: never seen in these tests, not excluded by construction)."""
+    """A CPU model with SLOTS slots, stepping per slot (a CPU's default) or every slot at once (a
+    GPU's, run on a CPU): both give a request the same numbers alone and in any company."""
     loaded = load_model(tiny_weights, device="cpu", slots=SLOTS)
     if request.param == "all-slots":
         start_decoding_loop(loaded, SLOTS, batched=True)
@@ -130,6 +128,81 @@ def test_a_seeded_request_gives_the_same_tokens_alone_and_in_company(model, step
     assert max(steps_seen) == SLOTS  # decoded together, never more than the slots: the last one waited
     for mine, reference in zip(company, alone, strict=True):
         assert torch.equal(mine, reference)
+
+
+EIGHT = 8
+SEEDED = (42, request(2, "melody", top_k=40, temperature=1.1))
+COMPANY = [  # every mode, duration and sampling rule
+    request(1, "text"),
+    request(2.5, "continuation", top_p=0.9, top_k=0),
+    request(1.5, "melody", temperature=0.0),
+    request(3, "text", top_k=0, cfg_coef=1.0),
+    request(1, "continuation"),
+    request(2, "melody", top_p=0.5),
+    request(2.5, "text", top_k=5, temperature=0.7),
+]
+
+
+@pytest.fixture(scope="module")
+def eight_slots(tiny_weights):
+    """The batched step over 8 slots (the server's default), on a CPU; and the seeded request's
+    tokens when it is alone (slot 0, the other seven free)."""
+    loaded = load_model(tiny_weights, device="cpu", slots=EIGHT)
+    start_decoding_loop(loaded, EIGHT, batched=True)
+    return loaded, tokens(loaded, *SEEDED)
+
+
+# (others, when the seeded request joins): 1 to 7 others; slots 0 to 7 (first: 0; last: `others`)
+JOINS = [(others, "last") for others in range(1, EIGHT)] + [(EIGHT - 1, "first"), (4, "middle")]
+
+
+@pytest.mark.parametrize("others, joins", JOINS, ids=[f"{o}-others-{j}" for o, j in JOINS])
+def test_a_seeded_request_repeats_beside_one_to_seven_others_in_any_slot(eight_slots, others, joins):
+    """The batched path: the seeded request starts alone in slot 0 and the others join it, or it
+    joins them 20 steps after they began (in the middle of them, or after all of them: the
+    highest slot in use). The others, of every mode, length and rule, leave while it decodes.
+    Who joins when is held by the test, not left to the threads' timing."""
+    model, alone = eight_slots
+    loop, company = model.loop, [(100 + i, spec) for i, spec in enumerate(COMPANY[:others])]
+    before = {"first": 0, "middle": others // 2, "last": others}[joins]
+    randomness, slots, queued, steps_taken = RequestRandomness(SEEDED[0], "cpu"), [], [], [0]
+    holds = [(0, before), (20, before + 1), (25, others + 1)]  # (at step, until this many are queued)
+    changed = threading.Condition()
+    submit, admit, step = loop.submit, loop.steps.admit, loop.steps.step
+
+    def counted_submit(window):
+        done = submit(window)
+        with changed:
+            queued.append(window)
+            changed.notify_all()
+        return done
+
+    def recorded_admit(window):
+        if window.generator is randomness.generator:
+            slots.append(window.slot)
+        return admit(window)
+
+    def held_step(windows):
+        with changed:
+            for at, wanted in holds:
+                if steps_taken[0] >= at:
+                    changed.wait_for(lambda: len(queued) >= wanted)  # noqa: B023 (used at once)
+        steps_taken[0] += 1
+        return step(windows)
+
+    loop.submit, loop.steps.admit, loop.steps.step = counted_submit, recorded_admit, held_step
+    try:
+        with ThreadPoolExecutor(others + 1) as pool:
+            earlier = [pool.submit(tokens, model, *spec) for spec in company[:before]]
+            wait_until(lambda: len(queued) == before)
+            mine = pool.submit(generate_tokens, model, GenerationRequest(**SEEDED[1]), randomness)
+            wait_until(lambda: bool(slots))
+            later = [pool.submit(tokens, model, *spec) for spec in company[before:]]
+            assert torch.equal(mine.result(), alone)
+            assert all(f.result().shape[-1] > 0 for f in earlier + later)
+    finally:
+        del loop.submit, loop.steps.admit, loop.steps.step
+    assert slots == [before]
 
 
 def wait_until(condition, timeout: float = 60.0) -> None:

@@ -16,11 +16,12 @@ import torch
 from musicgen_cog.audio.decoding import Audio
 from musicgen_cog.model import steps
 from musicgen_cog.model.decoding_loop import GenerationCancelled
-from musicgen_cog.model.fast_decode import DECODER_ENV, KV_BUCKET, unsupported_reason
+from musicgen_cog.model.fast_decode import KV_BUCKET, unsupported_reason
 from musicgen_cog.model.generation import GenerationRequest, generate_tokens
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
+from musicgen_cog.model.steps import DECODER_ENV
 from musicgen_cog.weights.random_weights import write_finetune
 from tests.helpers import decoding_steps, tone
 from tests.model.conftest import ReplayedStep
@@ -199,7 +200,9 @@ def test_the_environment_variable_selects_audiocrafts_loop(tiny_weights, monkeyp
     assert model.loop is None
     assert torch.equal(ours(model, "text"), audiocrafts(model, "text"))  # its own loop, drawing the request's stream
     monkeypatch.setenv(DECODER_ENV, "turbo")
-    with pytest.raises(ValueError, match="MUSICGEN_DECODER must be 'fast' or 'audiocraft', got 'turbo'"):
+    with pytest.raises(
+        ValueError, match="MUSICGEN_DECODER must be one of 'auto', 'batched', 'per-slot', 'audiocraft', got 'turbo'"
+    ):
         load_model(tiny_weights, device="cpu")
 
 

@@ -16,10 +16,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from musicgen_cog.model import fast_decode, sampling, steps
-from musicgen_cog.model.fast_decode import KV_BUCKET, SlotDecoder
+from musicgen_cog.model.fast_decode import KV_BUCKET
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.steps import BatchedSteps
 from musicgen_cog.model.warm_up import warm_up
+from tests.helpers import decoding_steps
 from tests.model.test_decoding_loop import request, together, tokens
 
 
@@ -113,15 +114,22 @@ def test_the_step_code_calls_nothing_that_copies_to_the_host():
         assert reads == []
 
 
-def test_a_capture_between_steps_leaves_the_requests_in_flight_untouched(tiny_weights, graphed):
+@pytest.mark.parametrize("attention", ["rowwise", "sdpa"])
+def test_a_capture_between_steps_leaves_the_requests_in_flight_untouched(tiny_weights, graphed, attention):
     """A capture runs the step twice to warm up (advancing every slot) before recording it: the
-    state is put back, so a request that meets a new bucket mid-way keeps its tokens."""
+    state is put back, so a request in flight at a capture keeps its tokens. Row-wise attention
+    reads each row's own length from the device: one graph for every step; SDPA's mask reaches
+    whole buckets: one graph per bucket, the later ones met mid-way."""
     eager = load_model(tiny_weights, device="cpu", slots=2)
     start_decoding_loop(eager, 2, batched=True)
-    spec = request(12, top_p=0.9)  # 600 steps: three buckets, two met mid-way
+    assert eager.loop is not None and graphed.loop is not None
+    eager.loop.decoder.attention = graphed.loop.decoder.attention = attention
+    spec = request(12, top_p=0.9)  # 600 steps: three buckets
     expected = tokens(eager, 9, spec)
     assert torch.equal(tokens(graphed, 9, spec), expected)
-    assert sorted(graphed.loop.steps.graphs) == [(1, KV_BUCKET), (1, 2 * KV_BUCKET), (1, 3 * KV_BUCKET)]  # slot 0 alone
+    cache = graphed.loop.decoder.cache_length()
+    spans = [cache] if attention == "rowwise" else [KV_BUCKET, 2 * KV_BUCKET, 3 * KV_BUCKET]
+    assert sorted(graphed.loop.steps.graphs) == spans
 
 
 def test_a_grown_cache_drops_the_graphs_captured_on_the_old_one(graphed):
@@ -143,15 +151,25 @@ def test_a_window_longer_than_the_slot_state_fails_alone_with_the_reason(graphed
     assert isinstance(failed, ValueError) and "longer than the 30 allocated" in str(failed)
 
 
-SLOTS_RUN = {1: [1], 2: [1, 2], 3: [1, 2, 3], 8: [1, 2, 4, 4, 8, 8, 8, 8]}
+def test_every_step_runs_every_slots_rows_and_free_slots_stay_at_position_zero(tiny_weights, monkeypatch):
+    """Fixed shapes: a step's matrix products, norms and sampling never change with the company;
+    a free slot's rows stay at position 0, so they read one position of the cache."""
+    model = load_model(tiny_weights, device="cpu", slots=3)
+    start_decoding_loop(model, 3, batched=True)
+    assert model.loop is not None and isinstance(model.loop.steps, BatchedSteps)
+    batched, decoder, seen = model.loop.steps, model.loop.decoder, []
+    forward = decoder._forward
 
+    def recorded(sequence, caches, positions, span):
+        seen.append((sequence.shape[0], positions.tolist()))
+        return forward(sequence, caches, positions, span)
 
-@pytest.mark.parametrize("slots", SLOTS_RUN)
-def test_a_step_runs_the_slots_in_use_rounded_up_to_a_power_of_two(slots):
-    """Requests take the lowest free slot; a step runs slots 0 .. the highest in use, rounded up
-    (fewer graphs), never more than there are."""
-    batched = BatchedSteps(SlotDecoder(lm=None, slots=slots), sequence_length=1)  # type: ignore[arg-type]
-    assert [batched.slots_run(n) for n in range(1, slots + 1)] == SLOTS_RUN[slots]
+    monkeypatch.setattr(decoder, "_forward", recorded)
+    tokens(model, 1, request(1))
+    assert len(seen) == decoding_steps(model.musicgen, 1) - 1  # every step but the first (the prefill's)
+    assert all(rows == 6 and positions[2:] == [0, 0, 0, 0] for rows, positions in seen)
+    assert [positions[0] for _, positions in seen] == list(range(seen[0][1][0], seen[0][1][0] + len(seen)))
+    assert batched.state is not None and batched.state.positions.tolist() == [0] * 6  # it left: rows back at 0
 
 
 def test_the_compile_setting_is_checked_on_every_machine(tiny_weights, monkeypatch):

@@ -14,15 +14,17 @@ from musicgen_cog.model.warm_up import warm_up
 from tests.model.test_decoding_loop import request, tokens
 
 
-def test_warm_up_captures_the_step_for_every_shape_it_can_take(graphed, replayed):
-    """Every bucket of the cache, for each count of slots a step runs (1 or both of the 2)."""
+@pytest.mark.parametrize("attention", ["rowwise", "sdpa"])
+def test_warm_up_captures_the_step_for_every_shape_it_can_take(graphed, replayed, attention):
+    """Row-wise attention: one graph for every step; SDPA: one per bucket of the cache."""
+    graphed.loop.decoder.attention = attention
     done = warm_up(graphed)
     cache = graphed.loop.decoder.cache_length()
     window = int(graphed.musicgen.max_duration * graphed.musicgen.frame_rate)
     assert cache > window  # a whole window fits beside a prefix
-    lengths = list(range(KV_BUCKET, cache + 1, KV_BUCKET))
-    assert sorted(graphed.loop.steps.graphs) == [(slots, length) for slots in (1, 2) for length in lengths]
-    assert done.graphs == len(replayed) == 2 * cache // KV_BUCKET
+    spans = [cache] if attention == "rowwise" else list(range(KV_BUCKET, cache + 1, KV_BUCKET))
+    assert sorted(graphed.loop.steps.graphs) == spans
+    assert done.graphs == len(replayed) == len(spans)
     assert done.requests == 3  # text, continuation, melody: this checkpoint has a chroma conditioner
 
 
