@@ -75,9 +75,12 @@ class Playground:
         attempt = 0
         while not take.cancel_requested:
             attempt += 1
+            if self.webhook_url is None:  # sync: the server takes it now or answers 409 now
+                take.status = "starting"
             response = await self.cog.predict(body, respond_async=self.webhook_url is not None)
             if response.status_code != 409:
                 return await self._answered(take, response)
+            take.status = "waiting"
             if time.monotonic() > give_up_at:
                 take.fail(f"the server stayed busy (409, every slot taken) for {self.busy_give_up_s:.0f} s; try later")
                 return False
@@ -144,9 +147,11 @@ class Playground:
     async def cancel(self, take: Take) -> str | None:
         """Ask the server to cancel the take; a message when it could not be (the take stays as it is)."""
         take.cancel_requested = True
-        if take.done or take.status == "waiting":
-            return None  # finished already, or never reached the server: the retry loop stops
+        if take.done:
+            return None
         response = await self.cog.cancel(take.id)
+        if response.status_code == 404 and take.status == "waiting":
+            return None  # not on the server: the retry loop stops instead
         if response.status_code != 200 and not take.done:
             return f"the server did not cancel it: it answered {response.status_code} {response.text[:200]}"
         return None
