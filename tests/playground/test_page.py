@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cog_server import CogServer
 from tests.helpers import SAMPLE_RATE, read_audio, write_tone
 from tests.playground.driving import click_for_take, downloaded, generate, open_ready, wait_for_end
+from tests.playground.running import RunningPlayground, closed_port
 
 pytestmark = pytest.mark.slow  # a browser and generations: seconds each
 
@@ -170,3 +172,45 @@ def test_the_code_shown_for_a_take_returns_the_same_file(page, playground, tmp_p
     assert done.returncode == 0, done.stderr
     written = tmp_path / f"musicgen-seed{page.inner_text('#seed')}.wav"
     assert written.read_bytes() == downloaded(page, playground.url)[1]
+
+
+# --- when the server is not there, or not well: a message on the page, never a blank ------------------
+
+
+def test_a_server_that_is_not_up_is_said_so(page):
+    url = f"http://127.0.0.1:{closed_port()}"
+    with RunningPlayground(url) as playground:
+        page.goto(playground.url)
+        page.wait_for_function("document.getElementById('server-status').dataset.status === 'UNREACHABLE'")
+        banner = page.inner_text("#server-status")
+        assert banner.startswith(f"the Cog server at {url} could not be reached: nothing answers there")
+        assert "make serve" in banner and page.is_disabled("#generate")
+        assert page.inner_text("#server-url") == url
+
+
+def test_a_server_whose_setup_failed_is_said_so_with_its_log(page, tiny_weights, schema_file, tmp_path):
+    missing = tmp_path / "no-such-finetune.tar"
+    broken = CogServer(tiny_weights, tmp_path / "server.log", env={"COG_WEIGHTS": str(missing)})
+    try:
+        with pytest.raises(RuntimeError, match="setup failed"):
+            broken.wait_for("READY")
+        with RunningPlayground(broken.url) as playground:
+            page.goto(playground.url)
+            page.wait_for_function("document.getElementById('server-status').dataset.status === 'SETUP_FAILED'")
+            banner = page.inner_text("#server-status")
+    finally:
+        broken.stop()
+    assert banner.startswith(f"The Cog server at {broken.url} failed its setup: the model did not load")
+    assert str(missing) in banner  # the end of its setup log names the cause
+    assert page.is_disabled("#generate")
+
+
+def test_a_dropped_connection_to_the_playground_is_said_so(page, server):
+    playground = RunningPlayground(server.url)
+    open_ready(page, playground.url)
+    generate(page, prompt="x", duration=5)
+    playground.close()
+    page.wait_for_selector("#connection", state="visible", timeout=10_000)
+    assert page.inner_text("#connection").startswith(f"The playground at {playground.url} does not answer")
+    assert page.inner_text("#connection").endswith("Retrying…")
+    assert len(page.query_selector_all("#fields .field")) == 14  # the page stays as it was
