@@ -88,6 +88,7 @@ def test_a_melody_upload_gives_a_clip(page, playground, tmp_path):
     assert "separating melody stems" in page.inner_text("#logs")
     assert len(clip(tmp_path / "out.wav", downloaded(page, playground.url)[1])) == SAMPLE_RATE
     assert "with open('melody.wav', \"rb\")" in page.inner_text("#code-python")
+    assert playground.playground.takes[take].input["input_audio"] == "data:audio/wav;base64,"  # bytes not kept
 
 
 def test_a_recording_made_in_the_browser_gives_a_clip(page, playground, tmp_path):
