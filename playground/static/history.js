@@ -1,9 +1,9 @@
-// The session's takes, newest first: each with its inputs, playable, and reusable in the form.
+// The session's takes, newest first: each with its inputs and the seed it used, playable, reusable in the form.
 
 function summary(input) {
   const prompt = input.prompt ? `“${input.prompt.slice(0, 60)}”` : "(no prompt)";
   const rest = Object.entries(input)
-    .filter(([name, value]) => name !== "prompt" && !(typeof value === "string" && value.startsWith("data:")))
+    .filter(([name, value]) => !["prompt", "seed"].includes(name) && !(typeof value === "string" && value.startsWith("data:")))
     .map(([name, value]) => `${name}=${JSON.stringify(value)}`);
   return [prompt, ...rest].join(" · ");
 }
