@@ -63,7 +63,7 @@ def test_a_prompt_gives_a_clip_of_the_requested_duration(page, playground, tmp_p
 
 def test_the_progress_bar_moves_before_the_clip_arrives(page, playground):
     open_ready(page, playground.url)
-    take = generate(page, prompt="a long take", duration=60)
+    take = generate(page, prompt="a long take", duration=120)  # 6,000 steps: progress lines (every 2 s) on fast CPUs
     seen = []  # (progress bar value, the text beside it), while the player has no clip yet
     deadline = time.monotonic() + 180
     while page.get_attribute("#take-status", "data-status") != "succeeded" and time.monotonic() < deadline:
@@ -119,15 +119,24 @@ def test_cancel_ends_the_prediction_on_the_server(page, playground, server):
     [
         ("top_k", 4000, "top_k must be between 0 and the codebook size 2048, got 4000"),  # the predictor's check
         ("continuation_start", -5, "continuation_start: -5 is less than the minimum of 0"),  # the schema's (422)
+        ("duration", 400, "duration must be between 1 and 300 seconds, got 400"),  # a limit the schema does not say
     ],
 )
 def test_an_invalid_value_shows_the_apis_message_beside_its_input(page, playground, name, value, message):
     open_ready(page, playground.url)
-    take = generate(page, prompt="x", duration=1, **{name: value})
+    take = generate(page, **{"prompt": "x", "duration": 1, name: value})
     assert wait_for_end(page, take) == "failed"
     assert page.inner_text(f"#error-{name}") == message
-    assert page.is_hidden("#error-prompt") and page.is_hidden("#error-duration")
-    assert message in page.inner_text("#take-error")
+    assert page.eval_on_selector_all(".field .error:not([hidden])", "shown => shown.length") == 1
+    assert message in page.inner_text("#take-error") and f"(see {name} on the left)" in page.inner_text("#take-error")
+
+
+def test_an_error_naming_no_input_is_shown_above_the_form(page, playground):
+    open_ready(page, playground.url)
+    take = generate(page, prompt="", duration=1)
+    assert wait_for_end(page, take) == "failed"
+    assert page.inner_text("#take-error").endswith("InputError: Must provide either prompt or input_audio")
+    assert page.eval_on_selector_all(".field .error:not([hidden])", "shown => shown.length") == 0
 
 
 def test_a_file_that_is_not_audio_gets_the_apis_message_beside_input_audio(page, playground, tmp_path):

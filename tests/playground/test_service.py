@@ -72,7 +72,10 @@ def test_without_a_webhook_address_a_take_is_one_sync_request(server, tmp_path):
 def test_a_sync_take_is_cancelled_on_the_server(server):
     with RunningPlayground(server.url, live_updates=False) as playground:
         take = playground.api("/api/takes", {"input": {"prompt": "x", "duration": 300}})
-        time.sleep(2)  # under way on the server: nothing tells a sync client so
+        started = rf'"Starting prediction","prediction_id":"{take["id"]}"'  # nothing tells a sync client so: the log
+        deadline = time.monotonic() + 30
+        while not re.search(started, server.log_path.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert playground.api(f"/api/takes/{take['id']}/cancel", {})["cancel_problem"] is None
         assert playground.wait_for(take["id"], "canceled", "failed", timeout=30)["status"] == "canceled"
         assert re.search(rf'"Prediction cancelled","prediction_id":"{take["id"]}"', server.log_path.read_text())
