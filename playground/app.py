@@ -55,9 +55,7 @@ def create_app(playground: Playground, process: CogProcess | None = None) -> Sta
         return FileResponse(STATIC / "index.html")
 
     async def config(request: Request) -> Response:
-        return JSONResponse(
-            {"server_url": url, "live_updates": playground.webhook_url is not None, "started_here": process is not None}
-        )
+        return JSONResponse({"server_url": url, "live_updates": playground.webhook_url is not None})
 
     async def health_check(request: Request) -> Response:
         exited = process.exited() if process else None

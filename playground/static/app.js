@@ -7,7 +7,7 @@ import { TakeView } from "./take_view.js";
 const $ = (id) => document.getElementById(id);
 const TERMINAL = ["succeeded", "failed", "canceled"];
 const view = new TakeView();
-const state = { form: null, ready: false, current: null };
+const state = { form: null, current: null };
 const history = new History($("takes"), { show: (entry) => showEntry(entry), reuse: (entry) => reuse(entry) });
 
 function connection(message) {
@@ -20,7 +20,6 @@ function banner(health) {
   box.textContent = health.message;
   box.dataset.status = health.status;
   box.className = `banner ${{ READY: "good", BUSY: "wait", STARTING: "wait" }[health.status] || "bad"}`;
-  state.ready = health.ready;
   $("generate").disabled = !health.ready || !state.form;
 }
 
