@@ -10,23 +10,29 @@ PORT ?= 5000
 # predictions served at once; an image built by `cog build` takes it from predict.py's @concurrent(max=8),
 # a server started here reads only COG_MAX_CONCURRENCY
 CONCURRENCY ?= 8
+PLAYGROUND_HOST ?= 127.0.0.1
+PLAYGROUND_PORT ?= 7860
+# the playground's own server runs on WEIGHTS_DIR when one is given, else on tiny random weights (as `make demo`)
+PLAYGROUND_WEIGHTS = $(if $(filter file,$(origin WEIGHTS_DIR)),$(TINY_WEIGHTS_DIR),$(WEIGHTS_DIR))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-export WEIGHTS_DIR
+export WEIGHTS_DIR PLAYGROUND_HOST PLAYGROUND_PORT
 
-.PHONY: help setup system-packages test test-fast lint weights tiny-weights predict demo serve schema bench lock
+.PHONY: help setup system-packages test test-fast lint weights tiny-weights predict demo serve playground schema bench lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: system-packages $(VENV)/.installed  ## create .venv with the pinned stack; install ffmpeg if missing
+setup: system-packages $(VENV)/.installed  ## create .venv with the pinned stack; install ffmpeg and chromium if missing
 
+# chromium: the browser the playground's page tests drive (headless)
 system-packages:
-	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg; }
+	@missing="$$(for tool in ffmpeg chromium; do command -v $$tool >/dev/null || echo $$tool; done)"; \
+	  [ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; }
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-test.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-test.txt requirements-playground.txt
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt -r requirements-playground.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
@@ -67,6 +73,15 @@ schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build`
 serve: schema  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
 	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=predict.py:Predictor PORT=$(PORT) \
 	  COG_MAX_CONCURRENCY=$(CONCURRENCY) $(PY) -m cog.server.http --host 127.0.0.1 $(SERVE_ARGS)
+
+playground: setup  ## the browser playground on 127.0.0.1:7860 (PLAYGROUND_HOST, PLAYGROUND_PORT) with its own server; SERVER_URL=http://... for a running one
+ifeq ($(SERVER_URL),)
+	[ "$(PLAYGROUND_WEIGHTS)" != "$(TINY_WEIGHTS_DIR)" ] || [ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || \
+	  $(PY) -m musicgen_cog.commands.tiny_weights $(TINY_WEIGHTS_DIR)
+	$(PY) -m playground --weights $(PLAYGROUND_WEIGHTS)
+else
+	$(PY) -m playground --server $(SERVER_URL)
+endif
 
 lock:  ## re-resolve the stack into requirements.txt (review the diff before committing)
 	rm -rf /tmp/musicgen-lock && $(PYTHON) -m venv /tmp/musicgen-lock

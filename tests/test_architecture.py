@@ -65,3 +65,51 @@ def test_input_checks_and_input_error_import_no_ml_library():
     assert done.returncode == 0, done.stderr
     loaded = {name.split(".")[0] for name in ast.literal_eval(done.stdout)}
     assert loaded & ML_LIBRARIES == set()
+
+
+# --- the playground: a client of the HTTP API, beside the server and never part of it ---------------
+
+PLAYGROUND = ROOT / "playground"
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level names of everything `path` imports absolutely (`a` for `import a.b`, `from a.b import c`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+    return found
+
+
+def test_the_playground_imports_nothing_of_the_server():
+    modules = sorted(PLAYGROUND.rglob("*.py"))
+    assert modules
+    for module in modules:
+        assert top_level_imports(module) & {"musicgen_cog", "predict"} == set(), module.relative_to(ROOT)
+
+
+def test_nothing_the_server_runs_imports_the_playground():
+    for module in [ROOT / "predict.py", *sorted(PACKAGE.rglob("*.py"))]:
+        assert "playground" not in top_level_imports(module), module.relative_to(ROOT)
+
+
+def test_the_playground_loads_no_ml_library():
+    code = "import sys; import playground.__main__; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = {name.split(".")[0] for name in ast.literal_eval(done.stdout)}
+    assert loaded & (ML_LIBRARIES | {"musicgen_cog", "predict"}) == set()
+
+
+def requirement_names(path: Path) -> set[str]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return {line.split("==")[0].lower().replace("_", "-") for line in lines if line}
+
+
+def test_the_cog_image_installs_none_of_the_playgrounds_own_packages():
+    cog_yaml = (ROOT / "cog.yaml").read_text()
+    assert "python_requirements: requirements.txt\n" in cog_yaml and "requirements-playground" not in cog_yaml
+    own = requirement_names(ROOT / "requirements-playground.txt") - requirement_names(ROOT / "requirements.txt")
+    assert {"starlette", "uvicorn"} <= own  # its web framework and server are not in the image's lock
