@@ -31,8 +31,10 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[BrowserContext]:
+    """Headless Chromium for one test module. Not for the session: while Playwright's sync API
+    runs, an event loop runs in the main thread, and later tests' `asyncio.run` would fail."""
     if not shutil.which(CHROMIUM):
         pytest.fail("no chromium on PATH: `make setup` installs Debian's package")
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile, sync_playwright() as driver:
