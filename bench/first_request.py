@@ -4,7 +4,8 @@ A full-size random fine-tune on a GPU (bench.setup_time's folder), the tiny fold
 Boots twice in one process: first cold (files evicted from the page cache, imports paid), then
 again with everything cached; each setup() includes its warm-up. Then an 8 s text request
 twice (other seeds). Prints `setup <S>s first boot, <S2>s second boot` and `first request <F>s,
-warm <W>s = <R>x`.
+warm <W>s = <R>x`; on a GPU then the device memory held after loading and after warm-up (a third
+boot, by parts), with the slot plan.
 
     python -m bench.first_request [SECONDS]   (default 8)
 """
@@ -68,6 +69,31 @@ def main() -> None:
         Path(asyncio.run(predictor.predict(**inputs))).unlink()
         times.append(time.perf_counter() - began)
     print(f"first request {times[0]:.2f}s, warm {times[1]:.2f}s = {times[0] / times[1]:.2f}x ({seconds} s of text)")
+    if cuda:
+        assert predictor.model.loop is not None
+        predictor.model.loop.close()
+        del predictor
+        memory_by_parts(root)
+
+
+def memory_by_parts(root: Path) -> None:
+    """GPU memory allocated after loading (KV cache not yet allocated) and after warm-up."""
+    import torch
+
+    import predict
+    from musicgen_cog.model.loading import load_model
+    from musicgen_cog.model.warm_up import warm_up
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model = load_model(root, slots=predict.MAX_CONCURRENCY)
+    loaded = torch.cuda.memory_allocated()
+    warm_up(model)
+    warmed, peak = torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+    assert model.plan is not None
+    print(f"memory: {loaded / 1e9:.2f} GB after loading, {warmed / 1e9:.2f} GB after warm-up, peak {peak / 1e9:.2f} GB")
+    print(model.plan.describe())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ def bench_model(slots: int) -> tuple[Any, str]:
     from omegaconf import OmegaConf
 
     from musicgen_cog.model.loading import LoadedModel, load_model, start_decoding_loop
+    from musicgen_cog.model.streams import streams_for
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -31,7 +32,7 @@ def bench_model(slots: int) -> tuple[Any, str]:
     torch.manual_seed(0)
     lm = builders.get_lm_model(cfg).eval()
     lm.cfg = cfg  # type: ignore[assignment]  # as audiocraft's own loaders attach it
-    model = LoadedModel(MusicGen("bench", codec, lm), Path("bench"), root)
+    model = LoadedModel(MusicGen("bench", codec, lm), Path("bench"), root, streams=streams_for(device))
     start_decoding_loop(model, slots)
     assert model.loop is not None, "the bench LM should be decodable by our loop"
     return model, torch.cuda.get_device_name() if cuda else "cpu"

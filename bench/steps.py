@@ -126,7 +126,7 @@ def main() -> None:
             assert state is not None
             logits = torch.randn(2 * batched.decoder.slots, lm.num_codebooks, lm.card, device=state.tokens.device)
             with torch.no_grad(), model.autocast():  # as the loop runs them (the loop is idle now)
-                graph = batched._graph(span) if batched.graphs_enabled else None
+                graph = batched.graphs.get(span) if batched.graphs_enabled else None
                 alone = device_ms(graph.replay if graph else partial(batched._run_step, span))
                 sampling_ms = device_ms(partial(batched._choose, state, logits))
                 rowwise, sdpa = (attention_ms(count, middle, rowwise) for rowwise in (True, False))
