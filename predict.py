@@ -41,6 +41,11 @@ class Predictor(BasePredictor):
         self.outputs = OutputFolder(output_dir, keep=2 * MAX_CONCURRENCY)
         self.threads = RequestThreads(MAX_CONCURRENCY)
 
+    def healthcheck(self) -> bool:
+        """Cog's health: False (UNHEALTHY) once the device has failed or the decoding loop is stuck."""
+        model = getattr(self, "model", None)  # before setup has loaded it: Cog reports its own state
+        return model is None or model.healthy()
+
     @concurrent(max=8)  # a literal for `cog build`'s parser: DEFAULT_CONCURRENCY (tests/test_predict.py checks)
     async def predict(
         self,

@@ -14,9 +14,11 @@ import pytest
 import torch
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
 
+from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
 from musicgen_cog.audio.decoding import Audio
 from musicgen_cog.model import steps
 from musicgen_cog.model.generation import GenerationRequest, generate, generate_tokens
+from musicgen_cog.model.memory import CUBLAS_WORKSPACE
 from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
 from musicgen_cog.model.steps import BatchedSteps
@@ -27,10 +29,12 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-SLOTS = 4
+SLOTS = DEFAULT_CONCURRENCY  # as the server runs them
 PROMPT = "lofi hip hop beat"
 GREEDY = Sampling(top_k=250, top_p=0.0, temperature=0.0, cfg_coef=3.0)
-HEADROOM = 2 << 30  # bytes beyond weights and KV cache: T5, codec, demucs, activations, graph pools
+# bytes beyond weights and KV cache: T5, codec, demucs, activations, the graph pool, and a cuBLAS
+# workspace for each stream (the loop's, the capture's, each request thread's and the test's)
+HEADROOM = (2 << 30) + CUBLAS_WORKSPACE * (SLOTS + 3)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +111,7 @@ def test_no_step_or_admission_synchronises_the_host_with_the_device(model, monke
     errors: list = []
     monkeypatch.setattr(batched, "step", strict(batched.step, errors))
     monkeypatch.setattr(batched, "admit", strict(batched.admit, errors))
-    monkeypatch.setattr(batched, "_keep_up", lenient(batched._keep_up))
+    monkeypatch.setattr(batched.streams, "throttle", lenient(batched.streams.throttle))
     monkeypatch.setattr(batched.decoder, "prefill", lenient(batched.decoder.prefill))
     for rule in (Sampling(250, 0.0, 1.0, 3.0), Sampling(0, 0.9, 1.0, 3.0), GREEDY):
         tokens(model, GenerationRequest(PROMPT, 2.0, rule))
@@ -121,9 +125,9 @@ def test_after_warm_up_no_request_captures_a_graph_and_memory_stays_bounded(mode
     captures = []
 
     class Counted(steps.CudaGraphStep):
-        def _capture(self, step):
+        def _capture(self, step, stream):
             captures.append(1)
-            super()._capture(step)
+            super()._capture(step, stream)
 
     monkeypatch.setattr(steps, "CudaGraphStep", Counted)
     sampling = Sampling(250, 0.0, 1.0, 3.0)
@@ -145,6 +149,7 @@ def test_after_warm_up_no_request_captures_a_graph_and_memory_stays_bounded(mode
     for thread in threads:
         thread.join()
     assert len(done) == len(requests) and captures == [] and batched.decoder.cache_length() == cache
+    assert not batched.pending  # no step ran eagerly for want of a graph
     weights = sum(p.numel() * p.element_size() for p in model.musicgen.lm.parameters())
     kv = sum(keys.numel() * keys.element_size() * 2 for keys, _ in batched.decoder.caches)
     assert torch.cuda.max_memory_allocated() <= weights + kv + HEADROOM
@@ -170,3 +175,22 @@ def test_a_seeded_request_gives_the_same_tokens_alone_and_in_company_in_another_
     for thread in threads:
         thread.join()
     assert torch.equal(results[len(others)], alone)
+
+
+def test_the_loop_steps_on_its_own_high_priority_stream_and_requests_on_theirs(model, monkeypatch):
+    """A step is never queued behind a request's conditioning, codec or MBD on one stream."""
+    batched: BatchedSteps = model.loop.steps
+    seen: list[torch.cuda.Stream] = []
+    step = batched.step
+
+    def recorded(windows):
+        seen.append(torch.cuda.current_stream())
+        return step(windows)
+
+    monkeypatch.setattr(batched, "step", recorded)
+    with model.streams.request():
+        mine = torch.cuda.current_stream()
+        tokens(model, GenerationRequest(PROMPT, 1.0, GREEDY))
+    _, highest = torch.cuda.Stream.priority_range()  # type: ignore[call-arg]  # static
+    assert seen and {s.cuda_stream for s in seen} == {seen[0].cuda_stream} != {mine.cuda_stream}
+    assert seen[0].priority == highest and seen[0] != torch.cuda.default_stream()

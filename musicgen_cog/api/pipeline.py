@@ -35,9 +35,11 @@ def run_prediction(
     validate(inputs, limits_of(model))
     seed = resolve_seed(inputs.seed)
     log.info("Using seed %d", seed)
+    health = model.health
     clip = None
     if inputs.input_audio is not None:
-        clip = slice_audio(decode_audio(inputs.input_audio), inputs.continuation_start, inputs.slice_end)
+        with health.stage("decoding input_audio", "cpu"):
+            clip = slice_audio(decode_audio(inputs.input_audio), inputs.continuation_start, inputs.slice_end)
     wav = generate(
         model,
         GenerationRequest(
@@ -53,9 +55,10 @@ def run_prediction(
     )
     sample_rate = model.musicgen.sample_rate
     log.info("normalizing (%s) and encoding %s", inputs.normalization_strategy, inputs.output_format)
-    wav = normalize(wav, sample_rate, inputs.normalization_strategy)
-    if cancelled is not None and cancelled.is_set():
-        raise GenerationCancelled()  # no file for a prediction nobody waits for
-    path = outputs.write(wav, sample_rate, inputs.output_format, stem=f"musicgen-seed{seed}")
+    with health.stage("normalizing and writing the audio", "cpu"):
+        wav = normalize(wav, sample_rate, inputs.normalization_strategy)
+        if cancelled is not None and cancelled.is_set():
+            raise GenerationCancelled()  # no file for a prediction nobody waits for
+        path = outputs.write(wav, sample_rate, inputs.output_format, stem=f"musicgen-seed{seed}")
     log.info("wrote %s (%.2f s of audio) in %.1f s", path.name, wav.shape[-1] / sample_rate, time.monotonic() - started)
     return path

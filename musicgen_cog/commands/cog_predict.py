@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     environment.configure()
     from ..api.cog_schema import InputCheckError, check_inputs, read_predictor, type_name
+    from ..api.concurrency import CONCURRENCY_ENV
     from ..errors import InputError
+    from ..model.device import NoGpu
+    from ..model.memory import NotEnoughMemory
     from ..weights.checkpoints import CheckpointError
 
     info = read_predictor()
@@ -53,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = check_inputs(info, values)
     except InputCheckError as exc:
         raise SystemExit(f"error: {exc} ({exc.input_name} expects {type_name(info, exc.input_name)})") from None
+    os.environ[CONCURRENCY_ENV] = "1"  # one prediction: one slot of the KV cache, one step graph
     import predict
 
     predictor = predict.Predictor()
     try:
         predictor.setup(weights=os.environ.get("COG_WEIGHTS"))
         produced = Path(asyncio.run(predictor.predict(**kwargs)))
-    except (InputError, CheckpointError, FileNotFoundError) as exc:
+    except (InputError, CheckpointError, FileNotFoundError, NoGpu, NotEnoughMemory) as exc:
         raise SystemExit(f"error: {exc}") from None
     destination = args.output or Path(f"output{produced.suffix}")
     destination.parent.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,12 @@
 
 audiocraft rebuilds every layer's KV cache with `torch.cat` at each step and walks its modules
 through Python streaming state, one request at a time. Here each request owns a slot: two rows
-(its conditional and unconditional CFG rows) of one cache, sized at first use for a whole window.
-A request's prefix (its conditions and any audio prompt) runs audiocraft's own forward; the keys
-and values it leaves are copied into the slot, and every later step runs one function over the
-cache with audiocraft's own modules, either for one slot at its filled length (exactly
-audiocraft's arithmetic) or for every row at its own position under a mask over whole buckets of
-KV_BUCKET positions (fixed shapes, for CUDA graphs). `steps.py` chooses and drives them.
+(its conditional and unconditional CFG rows) of one cache, allocated once for the longest prefix
+an accepted request can bring and a whole window after it. A request's prefix (its conditions
+and any audio prompt) runs audiocraft's own forward; the keys and values it leaves are copied
+into the slot, and every later step runs one function over the cache with audiocraft's own
+modules, either for one slot at its filled length (exactly audiocraft's arithmetic) or for every
+row at its own position (fixed shapes, for CUDA graphs). `steps.py` chooses and drives them.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ from audiocraft.models.lm import LMModel
 from audiocraft.modules.transformer import create_sin_embedding
 
 from .attention import masked_sdpa, rowwise_attention
+from .conditions import unbounded_conditioner
 from .window import Window
 
 log = logging.getLogger(__name__)
-# Fixed-shape steps attend to whole buckets of the cache: smaller buckets read fewer unused
-# keys/values per step, larger ones need fewer graphs (a 30 s window spans 7 of 256).
+# The cache holds whole buckets of positions; the CPU's fold and SDPA's mask reach whole buckets
+# (smaller ones read fewer unused positions, larger ones need fewer SDPA graphs).
 KV_BUCKET = 256
-# Condition tokens a request usually puts before its window (a prompt's T5 tokens, 235 chroma
-# frames of a 30 s melody): the cache is sized for a whole window after this many at first use.
-TYPICAL_PREFIX = 512
 Caches = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [rows, heads, length, head_dim]
 
 
@@ -45,6 +43,9 @@ def unsupported_reason(lm: LMModel) -> str | None:
         return "conditions fused other than by prepending (cross-attention, sum)"
     if transformer.positional_embedding != "sin":
         return f"positional embedding {transformer.positional_embedding!r}"
+    unbounded = unbounded_conditioner(lm)
+    if unbounded:
+        return f"a conditioner whose length the cache cannot be sized for: {unbounded}"
     layers: tp.Any = transformer.layers  # torch types submodules as `Tensor | Module`
     for layer in layers:
         attn = layer.self_attn
@@ -61,16 +62,28 @@ def unsupported_reason(lm: LMModel) -> str | None:
     return None
 
 
-class SlotDecoder:
-    """The LM's forward for requests held in `slots` slots of one KV cache (rows 2s and 2s+1: slot s)."""
+def kv_bytes_per_slot(lm: tp.Any, positions: int, dtype: torch.dtype) -> int:
+    """Memory one slot of `lm` takes in a cache of `positions`."""
+    return kv_bytes(len(lm.transformer.layers), lm.transformer.layers[0].self_attn.embed_dim, positions, dtype)
 
-    def __init__(self, lm: LMModel, slots: int, min_length: int = KV_BUCKET, attention: str = "rowwise"):
+
+def kv_bytes(layers: int, dim: int, positions: int, dtype: torch.dtype) -> int:
+    """Keys and values of a slot's 2 rows in every layer, over `positions` rounded up to buckets."""
+    length = -(-positions // KV_BUCKET) * KV_BUCKET
+    return 2 * 2 * layers * length * dim * torch.empty((), dtype=dtype).element_size()
+
+
+class SlotDecoder:
+    """The LM's forward for requests held in `slots` slots of one KV cache (rows 2s and 2s+1: slot s)
+    of `length` positions (rounded up to whole buckets), allocated at first use and never again."""
+
+    def __init__(self, lm: LMModel, slots: int, length: int, attention: str = "rowwise"):
         # Any: audiocraft's submodules are reached by attribute, which torch types as `Tensor | Module`
         self.lm: tp.Any = lm
         self.slots = slots
+        self.length = -(-length // KV_BUCKET) * KV_BUCKET
         self.attention = attention  # of the batched step: "rowwise" or "sdpa" (attention.attention_choice)
-        self.caches: Caches = []  # replaced (never resized in place) when it grows: graphs compare identity
-        self.min_length = min_length  # positions allocated at first use: growing later drops every graph
+        self.caches: Caches = []
 
     @property
     def rows(self) -> int:
@@ -92,33 +105,27 @@ class SlotDecoder:
             layers = lm.transformer.layers
             first = layers[0].self_attn._streaming_state["past_keys"]  # [2, heads, filled, head_dim]
             filled = first.shape[2]
-            self._ensure_cache(first, filled + steps)
+            if filled + steps > self.length:  # the bounds of conditions.py keep every accepted request inside
+                raise ValueError(f"this window needs {filled + steps} cache positions; the cache holds {self.length}")
+            self._allocate(first)
             rows = slice(2 * slot, 2 * slot + 2)
             for layer, (keys, values) in zip(layers, self.caches, strict=True):
                 state = layer.self_attn._streaming_state
                 keys[rows, :, :filled] = state["past_keys"]
                 values[rows, :, :filled] = state["past_values"]
-                # stale entries of an earlier, longer request stay masked; they must also stay finite
+                # stale entries of an earlier, longer request are never read; they must stay finite
                 keys[rows, :, filled:].zero_()
                 values[rows, :, filled:].zero_()
         return logits, filled
 
-    def _ensure_cache(self, like: torch.Tensor, needed: int) -> None:
-        """Allocate (or grow, keeping every slot's entries) the cache to hold `needed` positions."""
-        if self.caches and self.cache_length() >= needed and self.caches[0][0].dtype == like.dtype:
+    def _allocate(self, like: torch.Tensor) -> None:
+        """The cache, the first time: `length` positions of `like`'s dtype for every slot."""
+        if self.caches:
             return
-        needed = max(needed, self.min_length, self.cache_length())
-        length = -(-needed // KV_BUCKET) * KV_BUCKET  # whole buckets
         _, heads, _, head_dim = like.shape
-        old = self.caches
-        self.caches = [
-            (like.new_zeros(self.rows, heads, length, head_dim), like.new_zeros(self.rows, heads, length, head_dim))
-            for _ in self.lm.transformer.layers
-        ]
-        for (keys, values), (old_keys, old_values) in zip(self.caches, old, strict=False):
-            keys[:, :, : old_keys.shape[2]] = old_keys
-            values[:, :, : old_values.shape[2]] = old_values
-        log.info("KV cache: %d slots x %d positions", self.slots, length)
+        shape = (self.rows, heads, self.length, head_dim)
+        self.caches = [(like.new_zeros(shape), like.new_zeros(shape)) for _ in self.lm.transformer.layers]
+        log.info("KV cache: %d slots x %d positions", self.slots, self.length)
 
     def step_slot(self, slot: int, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """Logits [2, K, card] for one slot's CFG pair of tokens [2, K, 1] at cache `position`."""

@@ -22,6 +22,7 @@ from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, Condi
 
 from ..audio.decoding import Audio
 from ..errors import InputError
+from .conditions import check_prompt_tokens
 from .decoding_loop import DecodingLoop, GenerationCancelled
 from .loading import LoadedModel
 from .progress import StepProgress, planned_steps
@@ -46,18 +47,21 @@ class GenerationRequest:
 
 
 def generate(model: LoadedModel, request: GenerationRequest, randomness: RequestRandomness) -> torch.Tensor:
-    """Generate audio [channels, samples] at `model.musicgen.sample_rate` for `request`."""
-    tokens = generate_tokens(model, request, randomness)
-    _stop_if_cancelled(request)
-    with torch.no_grad():
+    """Generate audio [channels, samples] at `model.musicgen.sample_rate` for `request`, on this
+    thread's own CUDA stream; out of memory in any stage fails it alone (faults.py)."""
+    with model.streams.request(), torch.no_grad():
+        tokens = generate_tokens(model, request, randomness)
+        _stop_if_cancelled(request)
         if request.multi_band_diffusion:
             log.info("decoding %d frames with MultiBand Diffusion", tokens.shape[-1])
-            mbd = model.mbd()
-            with randomness.torch_default():  # its noise continues the request's stream, as if alone
-                wav = mbd.tokens_to_wav(tokens)
+            with model.health.stage("decoding with MultiBand Diffusion", model.device):
+                mbd = model.mbd()
+                with randomness.torch_default():  # its noise continues the request's stream, as if alone
+                    wav = mbd.tokens_to_wav(tokens)
         else:
-            wav = model.musicgen.generate_audio(tokens)
-    wav = wav[0].float().cpu()
+            with model.codec_lock, model.health.stage("decoding the audio (EnCodec)", model.device):
+                wav = model.musicgen.generate_audio(tokens)
+        wav = wav[0].float().cpu()
     if not torch.isfinite(wav).all():
         raise RuntimeError("the model produced NaN or infinite samples; try again with another seed")
     return wav
@@ -69,7 +73,8 @@ def generate_tokens(model: LoadedModel, request: GenerationRequest, randomness: 
     musicgen = model.musicgen
     total = request.duration
     descriptions: list[Any] = [request.prompt]  # audiocraft conditions on no text for None
-    with torch.no_grad():
+    check_prompt_tokens(musicgen.lm, request.prompt)  # before any work: the KV cache holds so many
+    with torch.no_grad(), model.health.stage("preparing the conditions", model.device):
         if request.continue_from is not None:
             clip = request.continue_from
             _check_continuation_prompt(clip, musicgen.max_duration)
@@ -143,7 +148,9 @@ class _Decoding:
 
     def _in_shared_loop(self, loop: DecodingLoop, prompt: torch.Tensor | None, frames: int) -> torch.Tensor:
         musicgen, lm = self.model.musicgen, self.model.musicgen.lm
-        with self.randomness.python_random(), self.model.autocast():  # demucs draws its shifts from python's random
+        health, device = self.model.health, self.model.device
+        # demucs draws its shifts from python's random
+        with self.randomness.python_random(), self.model.autocast(), health.stage("conditioning (T5, stems)", device):
             pair = self.attributes + ClassifierFreeGuidanceDropout(p=1.0)(self.attributes)
             conditions = lm.condition_provider(lm.condition_provider.tokenize(pair))
         if prompt is None:
@@ -164,6 +171,7 @@ class _Decoding:
             special_token=lm.special_token_id,
             on_step=self.progress.advance,
             cancelled=self.request.cancelled,
+            tensors_ready=self.model.streams.mark(),  # the loop's stream waits for what this one wrote
         )
         done = loop.submit(window)
         while True:
@@ -175,6 +183,8 @@ class _Decoding:
                 if not loop.alive:
                     raise RuntimeError("the decoding loop stopped") from None
         self.progress.report()
+        self.model.streams.wait(window.result_ready)  # written on the loop's stream
+        self.model.streams.keep_alive([filled])
         codes, _, _ = pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)
         codes = codes[..., :frames]
         if (codes < 0).any():  # the batched step marks a window whose logits were NaN or infinite

@@ -28,7 +28,12 @@ from transformers.initialization import no_init_weights
 from ..weights import assets
 from ..weights.checkpoints import CheckpointError, load_checkpoint
 from .decoding_loop import DecodingLoop
-from .steps import steps_for
+from .device import choose_device
+from .fast_decode import kv_bytes_per_slot
+from .faults import DeviceHealth
+from .memory import SlotPlan, free_memory, plan_slots, working_memory
+from .steps import audiocrafts_loop_reason, cache_positions, steps_for
+from .streams import NoStreams, streams_for
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,10 @@ TRAINING_ONLY_KEYS = (
     "conditioners.args.drop_desc_p",
 )
 PRETRAINED_PREFIX = "//pretrained/"
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+# Seconds a decoding loop may go without finishing a step or an admission while windows wait on
+# it, before health says it is stuck: a step takes milliseconds on a GPU; on a CPU the longest
+# single piece of work, the prefill of a long prefix on a 1.5 B model, takes a minute or two.
+STALLED_AFTER = {"cuda": 60.0, "cpu": 600.0}
 
 
 @dataclass
@@ -55,7 +60,12 @@ class LoadedModel:
     source: Path
     weights_root: Path
     loop: DecodingLoop | None = None  # None: audiocraft's own decoding loop, one request at a time
+    plan: SlotPlan | None = None  # how many slots the loop got, and why
+    streams: NoStreams = field(default_factory=NoStreams)  # each thread's CUDA stream (streams.py)
+    health: DeviceHealth = field(default_factory=DeviceHealth)
     exclusive: threading.Lock = field(default_factory=threading.Lock)  # held by audiocraft's loop
+    # the codec's decode runs one request at a time: the working memory kept for it is one decode's
+    codec_lock: threading.Lock = field(default_factory=threading.Lock)
     _mbd: MultiBandDiffusion | None = None
     _mbd_loading: threading.Lock = field(default_factory=threading.Lock)
 
@@ -81,6 +91,30 @@ class LoadedModel:
         """MBD decodes the 4 codebooks of mono EnCodec only."""
         return int(self.musicgen.lm.num_codebooks) == 4
 
+    @property
+    def device(self) -> str:
+        """ "cuda" or "cpu"."""
+        return torch.device(self.musicgen.device).type
+
+    def cache_dtype(self) -> torch.dtype:
+        """The KV cache's dtype: the autocast's (fp16 on a GPU), else the LM's own."""
+        shared = self.musicgen.autocast.autocast
+        return shared.fast_dtype if shared is not None else next(self.musicgen.lm.parameters()).dtype
+
+    def healthy(self) -> bool:
+        """The device works, answers, and the decoding loop runs and is not stuck (STALLED_AFTER):
+        what the predictor's `healthcheck()` tells Cog."""
+        if not self.health.ok:
+            return False
+        if self.loop is not None and (not self.loop.alive or self.loop.stalled_for() > STALLED_AFTER[self.device]):
+            return False
+        try:
+            with self.streams.request():  # its own stream: never behind a request's work
+                return bool(torch.ones(1, device=self.musicgen.device).add_(1).item() == 2)
+        except Exception as exc:  # a device that cannot run one kernel
+            self.health.failed(exc)
+            return False
+
     def mbd(self) -> MultiBandDiffusion:
         """The MBD decoder, loaded on first use so that a cold boot does not pay for it."""
         with self._mbd_loading:
@@ -100,8 +134,9 @@ def resolve_lm_source(root: Path, finetune: Path | None) -> Path:
 
 def load_model(root: Path, finetune: Path | None = None, device: str | None = None, slots: int = 1) -> LoadedModel:
     """Build MusicGen from `finetune` (file or audiocraft folder) or the folder's own checkpoints,
-    with a decoding loop for `slots` requests at once."""
-    device = device or default_device()
+    with a decoding loop for up to `slots` requests at once (fewer if fewer fit in memory), on
+    `device` (default: MUSICGEN_DEVICE's choice)."""
+    device = device or choose_device()
     torch.backends.cudnn.deterministic = True  # a seed repeats on a GPU too
     source = resolve_lm_source(root, finetune)
     if source.is_dir():
@@ -128,18 +163,32 @@ def load_model(root: Path, finetune: Path | None = None, device: str | None = No
         codec = _load_folder_compression(root, source / "compression_state_dict.bin", device)
     else:
         codec = _load_pretrained_compression(root, cfg.get("compression_model_checkpoint"), device)
-    model = LoadedModel(MusicGen(source.name, codec, lm), source, root)
+    model = LoadedModel(MusicGen(source.name, codec, lm), source, root, streams=streams_for(device))
     start_decoding_loop(model, slots)
     return model
 
 
 def start_decoding_loop(model: LoadedModel, slots: int, batched: bool | None = None) -> None:
-    """Give `model` a decoding loop with `slots` slots (closing any it had), unless its LM needs
-    audiocraft's own loop; `batched` as `steps_for` takes it."""
+    """Give `model` a decoding loop (closing any it had) with the fewer of `slots` and the slots
+    that fit in the memory free now, unless its LM needs audiocraft's own loop; `batched` as
+    `steps_for` takes it. NotEnoughMemory when not one slot fits."""
     if model.loop is not None:
         model.loop.close()
-    steps = steps_for(model.musicgen, slots, batched)
-    model.loop = None if steps is None else DecodingLoop(steps, model.autocast)
+        model.loop = None
+    if audiocrafts_loop_reason(model.musicgen) is not None:
+        return
+    model.plan = plan_memory(model, slots)
+    log.info("%s", model.plan.describe())
+    steps = steps_for(model.musicgen, model.plan.slots, batched, model.streams)
+    model.loop = DecodingLoop(steps, model.autocast, model.streams, model.health)
+
+
+def plan_memory(model: LoadedModel, limit: int) -> SlotPlan:
+    """The slots of `limit` that fit beside the working memory of the other stages (memory.py)."""
+    musicgen, device = model.musicgen, model.device
+    per_slot = kv_bytes_per_slot(musicgen.lm, cache_positions(musicgen), model.cache_dtype())
+    working = working_memory(musicgen.max_duration, model.supports_melody, model.supports_mbd, device, limit + 2)
+    return plan_slots(limit, per_slot, working, free_memory(device), device)
 
 
 def _inference_config(raw: Any, device: str) -> DictConfig:

@@ -53,6 +53,14 @@ class RequestRandomness:
                 default.set_state(saved)
 
 
+@contextmanager
+def holding_default_generators() -> Iterator[None]:
+    """No request draws from torch's default generators inside the block (a CUDA graph capture
+    registers them, and a draw from another thread meanwhile would fail it)."""
+    with _TORCH_DEFAULT:
+        yield
+
+
 def _default_generator(device: torch.device) -> torch.Generator:
     if device.type == "cuda":
         return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]

@@ -18,15 +18,19 @@ from __future__ import annotations
 import logging
 import os
 import typing as tp
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 
 from .attention import attention_choice
-from .fast_decode import KV_BUCKET, TYPICAL_PREFIX, SlotDecoder, unsupported_reason
+from .conditions import longest_prefix
+from .fast_decode import KV_BUCKET, SlotDecoder, unsupported_reason
+from .faults import is_out_of_memory, is_sticky, release_cached_memory
+from .randomness import holding_default_generators
 from .sampling import RowSampling, guided, guided_rows, sample, sample_rows
+from .streams import NoStreams
 from .window import UNKNOWN_TOKEN, Window
 
 if tp.TYPE_CHECKING:
@@ -76,6 +80,9 @@ class PerSlotSteps:
 
     def vacate(self, window: Window) -> None:
         """Nothing to do: a slot's step runs only while it holds a request."""
+
+    def capture_pending(self) -> None:
+        """Nothing to capture: a CPU's steps run eagerly."""
 
     def _sample_into(self, window: Window, pair: torch.Tensor) -> None:
         tokens = sample(guided(pair, window.sampling.cfg_coef), window.sampling, window.generator)
@@ -139,17 +146,24 @@ class SlotState:
 class BatchedSteps:
     """Every slot's rows in one fixed-shape step that also chooses and writes their next tokens."""
 
-    def __init__(self, decoder: SlotDecoder, sequence_length: int, graphs: bool = False, compile_as: str | None = None):
+    def __init__(
+        self,
+        decoder: SlotDecoder,
+        sequence_length: int,
+        graphs: bool = False,
+        compile_as: str | None = None,
+        streams: NoStreams | None = None,
+    ):
         self.decoder = decoder
+        self.streams = streams or NoStreams()
         # torch.compile (Inductor: fused kernels) of the step; dynamic shapes: one compile serves
         # every span of the cache
         self._compiled = torch.compile(self._decode_step, dynamic=True, mode=compile_as) if compile_as else None
         self.sequence_length = sequence_length  # the longest window's pattern sequence
         self.graphs_enabled = graphs  # replay captured steps (CUDA); turned off for good if a capture fails
-        self.graphs: dict[int, CudaGraphStep] = {}  # by the span of the cache a step reads, for `_graphs_caches`
-        self._graphs_caches: list | None = None
+        self.graphs: dict[int, CudaGraphStep] = {}  # by the span of the cache a step reads
+        self.pending: set[int] = set()  # spans met without a graph: captured when no window decodes
         self.state: SlotState | None = None
-        self._in_flight: deque[torch.cuda.Event] = deque()
         self._pool = torch.cuda.graph_pool_handle() if graphs else None  # one memory pool: graphs never run at once
 
     def admit(self, window: Window) -> None:
@@ -180,12 +194,14 @@ class BatchedSteps:
     def step(self, windows: list[Window]) -> dict[Window, Exception]:
         """One token for every window; their host counters follow. A failure fails all (raised)."""
         span = self.span(max(w.position for w in windows))
-        graph = self._graph(span) if self.graphs_enabled else None
+        graph = self.graphs.get(span) if self.graphs_enabled else None
         if graph is not None:
             graph.replay()
-        else:
+        else:  # no graph for it yet, and windows decode: eagerly now, captured when the loop is idle
+            if self.graphs_enabled:
+                self.pending.add(span)
             self._run_step(span)
-        self._keep_up()
+        self.streams.throttle(LOOKAHEAD)
         for window in windows:
             window.position += 1
             window.advance()
@@ -221,11 +237,43 @@ class BatchedSteps:
 
     def capture_all(self) -> int:
         """Capture the step for every shape (after a first request has allocated the cache), so
-        that no request pays for a capture. Returns the graphs held."""
+        that no request meets a capture; the loop calls it when no window decodes. Returns the
+        graphs held."""
         if self.graphs_enabled and self.state is not None:
-            for span in self.shapes():
-                self._graph(span)
+            self.pending.update(span for span in self.shapes() if span not in self.graphs)
+            self.capture_pending()
         return len(self.graphs)
+
+    def capture_pending(self) -> None:
+        """Capture the spans met without a graph. Called only when no window decodes (a capture
+        synchronises the device), holding the default generators' lock (a capture registers them:
+        another thread's draw meanwhile would fail it). Out of memory: tried again next time."""
+        if not self.pending or self.state is None:
+            return
+        state = self.state
+        with holding_default_generators():
+            for span in sorted(self.pending):
+                saved = [tensor.clone() for tensor in state.tensors()]  # capture's warm-up runs advance the state
+                try:
+                    self.graphs[span] = CudaGraphStep(
+                        partial(self._run_step, span), state.tokens.device.type, self._pool, self.streams.capture()
+                    )
+                    self.pending.discard(span)
+                except RuntimeError as exc:
+                    if is_sticky(exc):
+                        raise
+                    if is_out_of_memory(exc):
+                        release_cached_memory(state.tokens.device.type)
+                        log.warning("CUDA graph capture ran out of memory; decoding eagerly, capturing later")
+                        return
+                    # a driver or kernel that cannot be captured: stay correct, run eagerly
+                    log.warning("CUDA graph capture failed (%s); decoding without graphs from now on", exc)
+                    self.graphs_enabled = False
+                    self.pending.clear()
+                    return
+                finally:
+                    for tensor, before in zip(state.tensors(), saved, strict=True):
+                        tensor.copy_(before)
 
     def release(self) -> None:
         self.graphs.clear()
@@ -259,54 +307,29 @@ class BatchedSteps:
         state, decoder = self.state, self.decoder
         # the whole caches: rows are written by index (torch.compile would copy a sliced cache)
         logits = decoder._forward(state.tokens, decoder.caches, state.positions, span)[:, :, 0]
-        state.positions.add_(state.advancing).clamp_(max=decoder.cache_length() - 1)
         self._choose(state, logits)
+        state.positions.add_(state.advancing).clamp_(max=decoder.cache_length() - 1)
 
     def _choose(self, state: SlotState, logits: torch.Tensor) -> None:
         """Guide, sample and write each slot's tokens at its offset from logits [2S, K, card]
-        (and remember which slots' logits were not finite: sampling never fails on a device)."""
+        (and remember which slots' logits were not finite: sampling never fails on a device).
+        Everything is computed before the state is written, so a step that runs out of memory
+        leaves it as it was (and can be run again)."""
         slots, codebooks, length = state.sequences.shape
         offsets = state.offsets.view(slots, 1, 1)
         at = offsets.expand(slots, codebooks, 1)
         uniforms = state.uniforms.gather(1, offsets.expand(slots, 1, codebooks)).view(slots, codebooks)
         logits = guided_rows(logits, state.rule.cfg_coef)
-        state.faults.logical_or_(~torch.isfinite(logits).flatten(1).all(dim=1))
+        not_finite = ~torch.isfinite(logits).flatten(1).all(dim=1)
         tokens = sample_rows(logits, state.rule, uniforms)
         tokens = torch.where(state.masks.gather(2, at), tokens, self.decoder.lm.special_token_id)
         current = state.sequences.gather(2, at)
         tokens = torch.where(current == UNKNOWN_TOKEN, tokens, current)
+        inputs = tokens.repeat_interleave(2, dim=0)
+        state.faults.logical_or_(not_finite)
         state.sequences.scatter_(2, at, tokens)
-        state.tokens.copy_(tokens.repeat_interleave(2, dim=0))
+        state.tokens.copy_(inputs)
         state.offsets.add_(1).clamp_(max=length - 1)  # a finished slot's offset stays inside its sequence
-
-    def _graph(self, span: int) -> CudaGraphStep | None:
-        if self._graphs_caches is not self.decoder.caches:  # the cache was reallocated: old graphs read freed memory
-            self.graphs.clear()
-            self._graphs_caches = self.decoder.caches
-        if span not in self.graphs:
-            state = self.state
-            assert state is not None
-            saved = [tensor.clone() for tensor in state.tensors()]  # capture's warm-up runs advance the state
-            try:
-                self.graphs[span] = CudaGraphStep(lambda: self._run_step(span), state.tokens.device.type, self._pool)
-            except RuntimeError as exc:  # a driver or kernel that cannot be captured: stay correct, run eagerly
-                log.warning("CUDA graph capture failed (%s); decoding without graphs from now on", exc)
-                self.graphs_enabled = False
-                return None
-            finally:
-                for tensor, before in zip(state.tensors(), saved, strict=True):
-                    tensor.copy_(before)
-        return self.graphs[span]
-
-    def _keep_up(self) -> None:
-        """Wait, if needed, for the step launched LOOKAHEAD steps ago: never for this one."""
-        if self.state is None or not self.state.tokens.is_cuda:
-            return
-        event = torch.cuda.Event()
-        event.record()
-        self._in_flight.append(event)
-        if len(self._in_flight) > LOOKAHEAD:
-            self._in_flight.popleft().synchronize()
 
 
 class CudaGraphStep:
@@ -314,16 +337,16 @@ class CudaGraphStep:
 
     It runs under the caller's autocast (audiocraft keeps the embeddings and output layers in
     fp32 and relies on it) with autocast's weight-cast cache off: a cached cast is freed when
-    the caller's autocast exits, and a graph that captured it would read freed memory.
+    the caller's autocast exits, and a graph that captured it would read freed memory. Its
+    warm-up runs and its capture go to `stream`: one stream for every capture.
     """
 
-    def __init__(self, step: Callable[[], None], device: str, pool: tp.Any = None):
+    def __init__(self, step: Callable[[], None], device: str, pool: tp.Any = None, stream: tp.Any = None):
         self.pool = pool
         with autocast_without_cache(device):
-            self._capture(step)
+            self._capture(step, stream)
 
-    def _capture(self, step: Callable[[], None]) -> None:
-        stream = torch.cuda.Stream()
+    def _capture(self, step: Callable[[], None], stream: tp.Any) -> None:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
@@ -331,7 +354,7 @@ class CudaGraphStep:
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: requests' threads keep running their own CUDA work (T5, stems, codec) meanwhile
-        with torch.cuda.graph(self.graph, pool=self.pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"):
             step()
 
     def replay(self) -> None:
@@ -351,25 +374,38 @@ def autocast_without_cache(device: str) -> torch.autocast:
 Steps = PerSlotSteps | BatchedSteps
 
 
-def steps_for(musicgen: MusicGen, slots: int, batched: bool | None = None) -> Steps | None:
-    """Our steps for `musicgen`'s LM in `slots` slots, or None for audiocraft's own loop
-    (MUSICGEN_DECODER=audiocraft, or an architecture the step does not reproduce). `batched`:
-    all slots in one step, or not; default MUSICGEN_DECODER's choice."""
+def steps_for(musicgen: MusicGen, slots: int, batched: bool | None = None, streams: NoStreams | None = None) -> Steps:
+    """Our steps for `musicgen`'s LM in `slots` slots (where `audiocrafts_loop_reason` is None).
+    `batched`: all slots in one step, or not; default MUSICGEN_DECODER's choice."""
     lm = musicgen.lm
-    reason = unsupported_reason(lm)
-    choice, attention = decoder_choice(), attention_choice()  # both checked on every machine
-    compile_as = compile_mode()  # used on the batched step only
-    if choice == "audiocraft" or reason:
-        log.info("decoding with audiocraft's own loop, one request at a time%s", f" ({reason})" if reason else "")
-        return None
+    choice, compile_as = decoder_choice(), compile_mode()
     cuda = next(lm.parameters()).is_cuda
-    window_steps = int(musicgen.max_duration * musicgen.frame_rate) + lm.num_codebooks + 1
-    decoder = SlotDecoder(lm, slots, min_length=window_steps + TYPICAL_PREFIX, attention=attention)
+    decoder = SlotDecoder(lm, slots, cache_positions(musicgen), attention=attention_choice())
     if batched is None:
         batched = choice == "batched" or (choice == "auto" and cuda)
     if batched:
-        return BatchedSteps(decoder, sequence_length=window_steps, graphs=cuda, compile_as=compile_as)
+        return BatchedSteps(decoder, window_steps(musicgen), graphs=cuda, compile_as=compile_as, streams=streams)
     return PerSlotSteps(decoder)
+
+
+def audiocrafts_loop_reason(musicgen: MusicGen) -> str | None:
+    """Why requests decode in audiocraft's own loop (logged), or None when our steps serve them.
+    Every setting is checked on every machine, whichever is used."""
+    choice, _, _ = decoder_choice(), attention_choice(), compile_mode()
+    reason = "MUSICGEN_DECODER=audiocraft" if choice == "audiocraft" else unsupported_reason(musicgen.lm)
+    if reason is not None:
+        log.info("decoding with audiocraft's own loop, one request at a time (%s)", reason)
+    return reason
+
+
+def window_steps(musicgen: MusicGen) -> int:
+    """Steps of the longest window's pattern sequence (its delay pattern adds a step per codebook)."""
+    return int(musicgen.max_duration * musicgen.frame_rate) + musicgen.lm.num_codebooks + 1
+
+
+def cache_positions(musicgen: MusicGen) -> int:
+    """Positions a slot needs at the most: the longest condition prefix, then a whole window."""
+    return longest_prefix(musicgen.lm, musicgen.max_duration) + window_steps(musicgen)
 
 
 def decoder_choice() -> str:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +35,8 @@ class Window:
     on_step: Callable[[], None] = lambda: None
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: Future = field(default_factory=Future)
+    tensors_ready: Any = None  # a CUDA event: its tensors are written (on the request's stream); None on a CPU
+    result_ready: Any = None  # a CUDA event: its result is written (on the loop's stream)
     slot: int = -1
     offset: int = 0  # the sequence step the next token fills
     position: int = 0  # the cache position of the next step's input
@@ -58,6 +61,11 @@ class Window:
         current = self.sequence[..., offset : offset + 1]
         self.sequence[..., offset : offset + 1] = torch.where(current == UNKNOWN_TOKEN, tokens, current)
         self.advance()
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the loop reads of this window (made on the request's stream)."""
+        conditions = [t for pair in self.conditions.values() for t in pair if isinstance(t, torch.Tensor)]
+        return [self.sequence, self.mask, *conditions]
 
     def last_tokens(self) -> torch.Tensor:
         """The step's input: the column just written, for both rows of the CFG pair [2, K, 1]."""

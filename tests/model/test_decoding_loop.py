@@ -89,36 +89,6 @@ def steps_seen(model, monkeypatch):
     return seen
 
 
-@pytest.fixture
-def admit_together(model, monkeypatch):
-    """Arm with `n`: the loop admits nothing until `n` more windows are queued, then all it can."""
-    loop = model.loop
-    submit, admit = loop.submit, loop._admit
-    counts = {"queued": 0, "expected": 0}
-    changed = threading.Condition()
-
-    def counted_submit(window):
-        done = submit(window)
-        with changed:
-            counts["queued"] += 1
-            changed.notify_all()
-        return done
-
-    def gated_admit():
-        with changed:
-            changed.wait_for(lambda: counts["queued"] >= counts["expected"])
-        loop._take_incoming(block=False)
-        admit()
-
-    def arm(n: int) -> None:
-        with changed:
-            counts.update(queued=0, expected=n)
-
-    monkeypatch.setattr(loop, "submit", counted_submit)
-    monkeypatch.setattr(loop, "_admit", gated_admit)
-    return arm
-
-
 def test_a_seeded_request_gives_the_same_tokens_alone_and_in_company(model, steps_seen, admit_together):
     alone = [tokens(model, seed, spec) for seed, spec in MIXED]
     assert max(steps_seen) == 1
@@ -203,6 +173,11 @@ def test_a_seeded_request_repeats_beside_one_to_seven_others_in_any_slot(eight_s
     finally:
         del loop.submit, loop.steps.admit, loop.steps.step
     assert slots == [before]
+
+
+def after_idle(model) -> None:
+    """Return once `model`'s loop has been idle (and so tried the captures it was missing)."""
+    model.loop.call(lambda: None).result(timeout=60)
 
 
 def wait_until(condition, timeout: float = 60.0) -> None:

@@ -21,7 +21,7 @@ from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.steps import BatchedSteps
 from musicgen_cog.model.warm_up import warm_up
 from tests.helpers import decoding_steps
-from tests.model.test_decoding_loop import request, together, tokens
+from tests.model.test_decoding_loop import after_idle, request, together, tokens
 
 
 class HostTraffic(TorchDispatchMode):
@@ -115,11 +115,13 @@ def test_the_step_code_calls_nothing_that_copies_to_the_host():
 
 
 @pytest.mark.parametrize("attention", ["rowwise", "sdpa"])
-def test_a_capture_between_steps_leaves_the_requests_in_flight_untouched(tiny_weights, graphed, attention):
-    """A capture runs the step twice to warm up (advancing every slot) before recording it: the
-    state is put back, so a request in flight at a capture keeps its tokens. Row-wise attention
-    reads each row's own length from the device: one graph for every step; SDPA's mask reaches
-    whole buckets: one graph per bucket, the later ones met mid-way."""
+def test_a_span_met_without_a_graph_runs_eagerly_and_is_captured_once_nothing_decodes(
+    tiny_weights, graphed, replayed, attention
+):
+    """No capture while a window decodes (a capture synchronises the device): a request meeting
+    a span with no graph yet runs it eagerly with the same tokens; the graph is captured when the
+    loop is idle (its warm-up runs' advance of the state put back), and the next request replays
+    it to the same tokens. Row-wise attention: one graph for every step; SDPA: one per bucket."""
     eager = load_model(tiny_weights, device="cpu", slots=2)
     start_decoding_loop(eager, 2, batched=True)
     assert eager.loop is not None and graphed.loop is not None
@@ -127,21 +129,31 @@ def test_a_capture_between_steps_leaves_the_requests_in_flight_untouched(tiny_we
     spec = request(12, top_p=0.9)  # 600 steps: three buckets
     expected = tokens(eager, 9, spec)
     assert torch.equal(tokens(graphed, 9, spec), expected)
+    after_idle(graphed)
     cache = graphed.loop.decoder.cache_length()
     spans = [cache] if attention == "rowwise" else [KV_BUCKET, 2 * KV_BUCKET, 3 * KV_BUCKET]
-    assert sorted(graphed.loop.steps.graphs) == spans
+    assert sorted(graphed.loop.steps.graphs) == spans and len(replayed) == len(spans)
+    assert all(active == 0 for *_, active in replayed)
+    assert torch.equal(tokens(graphed, 9, spec), expected)
+    assert len(replayed) == len(spans)
 
 
-def test_a_grown_cache_drops_the_graphs_captured_on_the_old_one(graphed):
+def test_the_graph_stand_in_fails_a_replay_after_what_a_real_graph_froze_has_changed(graphed):
+    """The test of the test: a real graph keeps reading the addresses and numbers it was captured
+    with, so ReplayedStep refuses a replay once the cache, the state or a number has moved."""
     warm_up(graphed)
     batched = graphed.loop.steps
-    before = dict(batched.graphs)
-    assert before
     decoder = batched.decoder
-    keys = decoder.caches[0][0]
-    graphed.loop.call(lambda: decoder._ensure_cache(keys[:2], decoder.cache_length() + 1)).result()
-    tokens(graphed, 1, request(1))
-    assert batched.graphs and all(batched.graphs[length] is not before.get(length) for length in batched.graphs)
+    tokens(graphed, 1, request(1))  # replays pass
+    keys, values = decoder.caches[0]
+    decoder.caches[0] = (keys.clone(), values)  # the same numbers elsewhere in memory
+    failed = together(graphed, [(2, request(1))])[0]
+    assert isinstance(failed, AssertionError) and "cache changed since it was captured" in str(failed)
+    decoder.caches[0] = (keys, values)
+    graph = next(iter(batched.graphs.values()))
+    decoder.attention = "sdpa"  # a setting the captured step read
+    with pytest.raises(AssertionError, match=r"decoder\.attention changed since it was captured"):
+        graph.replay()
 
 
 def test_a_window_longer_than_the_slot_state_fails_alone_with_the_reason(graphed):

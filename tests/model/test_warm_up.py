@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from musicgen_cog.model import warm_up as warm_up_module
 from musicgen_cog.model.fast_decode import KV_BUCKET
 from musicgen_cog.model.loading import load_model
 from musicgen_cog.model.warm_up import warm_up
-from tests.model.test_decoding_loop import request, tokens
+from tests.model.test_decoding_loop import after_idle, request, tokens
 
 
 @pytest.mark.parametrize("attention", ["rowwise", "sdpa"])
@@ -25,7 +26,7 @@ def test_warm_up_captures_the_step_for_every_shape_it_can_take(graphed, replayed
     spans = [cache] if attention == "rowwise" else list(range(KV_BUCKET, cache + 1, KV_BUCKET))
     assert sorted(graphed.loop.steps.graphs) == spans
     assert done.graphs == len(replayed) == len(spans)
-    assert done.requests == 3  # text, continuation, melody: this checkpoint has a chroma conditioner
+    assert all(held and active == 0 for *_, held, active in replayed)  # generators held, nothing decoding
 
 
 @pytest.mark.parametrize(
@@ -38,11 +39,35 @@ def test_warm_up_captures_the_step_for_every_shape_it_can_take(graphed, replayed
         pytest.param(request(33, "melody"), id="melody-33s-windowed", marks=pytest.mark.slow),
     ],
 )
-def test_after_warm_up_no_request_captures_anything(graphed, replayed, spec):
+def test_after_warm_up_no_request_captures_anything_or_moves_the_cache(graphed, replayed, spec):
     warm_up(graphed)
-    captured, cache = len(replayed), graphed.loop.decoder.cache_length()
+    decoder = graphed.loop.decoder
+    captured, cache = len(replayed), [keys.data_ptr() for keys, _ in decoder.caches]
     tokens(graphed, 5, spec)
-    assert len(replayed) == captured and graphed.loop.decoder.cache_length() == cache
+    after_idle(graphed)
+    assert len(replayed) == captured and [keys.data_ptr() for keys, _ in decoder.caches] == cache
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_warm_up_runs_each_mode_for_a_gpu_and_a_few_steps_on_a_cpu(graphed, device, monkeypatch):
+    """A GPU: a second of each mode the checkpoint has (this one has a chroma conditioner). A CPU,
+    where nothing is captured: a melody request and a continuation of 5 frames each, for their
+    first uses of T5, demucs and the codec."""
+    monkeypatch.setattr(type(graphed), "device", property(lambda _: device))
+    requests = warm_up_module._requests(graphed)
+    seconds = {"cuda": warm_up_module.GPU_SECONDS, "cpu": warm_up_module.CPU_SECONDS}[device]
+    assert all(r.duration == seconds for r in requests)
+    modes = [("melody" if r.melody else "continuation" if r.continue_from else "text") for r in requests]
+    assert modes == (["text", "continuation", "melody"] if device == "cuda" else ["melody", "continuation"])
+
+
+def test_warm_up_lines_say_they_are_the_warm_up(graphed, logs):
+    warm_up(graphed)
+    lines = [r.getMessage() for r in logs.records if r.name.startswith("musicgen_cog")]
+    assert lines and all(line.startswith("warm-up: ") for line in lines)
+    assert any(line.startswith("warm-up: done in ") for line in lines)
+    tokens(graphed, 1, request(1))
+    assert not logs.records[-1].getMessage().startswith("warm-up: ")
 
 
 def test_a_request_after_warm_up_gives_the_tokens_it_gives_on_a_cold_model(tiny_weights):

@@ -1,0 +1,162 @@
+"""A device's faults, stood in for on a CPU: out of memory fails one request (a step is tried once
+more first; a capture is tried again later), a sticky error stops the loop and fails health, and
+health also fails for a loop that is stuck or gone."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from musicgen_cog.model import loading
+from musicgen_cog.model.faults import DeviceFailed, OutOfMemory
+from musicgen_cog.model.generation import GenerationRequest, generate
+from musicgen_cog.model.loading import load_model, start_decoding_loop
+from musicgen_cog.model.randomness import RequestRandomness
+from musicgen_cog.model.sampling import Sampling
+from musicgen_cog.model.warm_up import warm_up
+from tests.model.test_decoding_loop import request, together, tokens, wait_until
+
+ILLEGAL_ADDRESS = "CUDA error: an illegal memory access was encountered"
+
+
+def oom() -> torch.OutOfMemoryError:
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.fixture(params=["per-slot", "batched"])
+def model(request, tiny_weights):
+    loaded = load_model(tiny_weights, device="cpu", slots=2)
+    if request.param == "batched":
+        start_decoding_loop(loaded, 2, batched=True)
+    return loaded
+
+
+def failing(real, times: int, error=oom):
+    """`real`, raising `error()` on its first `times` calls."""
+    calls = []
+
+    def call(*args):
+        calls.append(1)
+        if len(calls) <= times:
+            raise error()
+        return real(*args)
+
+    call.calls = calls  # type: ignore[attr-defined]
+    return call
+
+
+def test_a_step_that_runs_out_of_memory_once_is_tried_again_with_the_same_tokens(model, monkeypatch, admit_together):
+    """The retried step gives every request the tokens it gets without the fault: a step writes
+    nothing of the state before its last allocation."""
+    specs = [(1, request(1)), (2, request(1, top_p=0.9))]
+    expected = [tokens(model, *spec) for spec in specs]
+    steps = model.loop.steps
+    flaky = failing(steps.step, times=1)
+    monkeypatch.setattr(steps, "step", flaky)
+    admit_together(2)
+    assert all(torch.equal(t, e) for t, e in zip(together(model, specs), expected, strict=True))
+    assert len(flaky.calls) > 1
+
+
+def test_a_step_out_of_memory_twice_fails_its_requests_and_the_next_one_succeeds(model, monkeypatch, admit_together):
+    steps = model.loop.steps
+    monkeypatch.setattr(steps, "step", failing(steps.step, times=2))
+    admit_together(2)  # both in the first step, the one that fails
+    outcome = together(model, [(1, request(1)), (2, request(1))])
+    assert all(isinstance(o, OutOfMemory) for o in outcome)
+    assert (
+        str(outcome[0]) == "the CPU ran out of memory while decoding; try a shorter duration, or fewer requests at once"
+    )
+    assert tokens(model, 3, request(1)).shape[-1] == 50
+
+
+@pytest.mark.parametrize("stage", ["codec", "mbd"])
+def test_out_of_memory_decoding_the_audio_fails_the_request_and_the_next_one_succeeds(model, stage, monkeypatch):
+    if stage == "codec":
+        monkeypatch.setattr(model.musicgen, "generate_audio", failing(model.musicgen.generate_audio, times=1))
+    else:
+        mbd = model.mbd()
+        monkeypatch.setattr(mbd, "tokens_to_wav", failing(mbd.tokens_to_wav, times=1))
+    sampling = Sampling(250, 0.0, 1.0, 3.0)
+    one = GenerationRequest("x", 1.0, sampling, multi_band_diffusion=stage == "mbd")
+    with pytest.raises(OutOfMemory, match=r"while decoding (the audio \(EnCodec\)|with MultiBand Diffusion);"):
+        generate(model, one, RequestRandomness(1, "cpu"))
+    assert generate(model, one, RequestRandomness(1, "cpu")).shape[-1] == 32000
+
+
+def test_a_capture_that_runs_out_of_memory_is_tried_again_later_and_graphs_stay_on(
+    graphed, replayed, monkeypatch, logs
+):
+    """Warm-up's first request meets no graph; the capture tried once it has left runs out of
+    memory; the next request decodes eagerly; the capture tried after it succeeds."""
+    from musicgen_cog.model import steps as steps_module
+
+    real = steps_module.CudaGraphStep
+    attempts = []
+
+    def short_of_memory(*args):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise oom()
+        return real(*args)
+
+    monkeypatch.setattr(steps_module, "CudaGraphStep", short_of_memory)
+    warm_up(graphed)
+    batched = graphed.loop.steps
+    assert len(attempts) == 2 and batched.graphs_enabled and not batched.pending
+    assert list(batched.graphs) == [graphed.loop.decoder.cache_length()]
+    warnings = [r.getMessage() for r in logs.records if "capture" in r.getMessage()]
+    assert warnings == ["warm-up: CUDA graph capture ran out of memory; decoding eagerly, capturing later"]
+
+
+def test_a_sticky_device_error_stops_the_loop_fails_every_request_and_health(model, monkeypatch, admit_together):
+    steps = model.loop.steps
+    monkeypatch.setattr(
+        steps, "step", failing(steps.step, times=1, error=lambda: torch.AcceleratorError(ILLEGAL_ADDRESS))
+    )
+    admit_together(2)
+    outcome = together(model, [(1, request(3)), (2, request(1))])
+    assert all(isinstance(o, DeviceFailed) and ILLEGAL_ADDRESS in str(o) for o in outcome)
+    wait_until(lambda: not model.loop.alive)
+    assert not model.health.ok and not model.healthy()
+    with pytest.raises(DeviceFailed, match="the server reports itself unhealthy and must be restarted"):
+        tokens(model, 3, request(1))
+
+
+def test_a_sticky_error_in_a_requests_own_stage_fails_health_and_every_request_after(model, monkeypatch):
+    error = failing(model.musicgen.generate_audio, times=1, error=lambda: torch.AcceleratorError(ILLEGAL_ADDRESS))
+    monkeypatch.setattr(model.musicgen, "generate_audio", error)
+    with pytest.raises(DeviceFailed):
+        generate(model, GenerationRequest("x", 1.0, Sampling(250, 0.0, 1.0, 3.0)), RequestRandomness(1, "cpu"))
+    assert not model.healthy()
+    with pytest.raises(DeviceFailed):  # refused before it decodes
+        tokens(model, 2, request(1))
+
+
+def test_health_fails_for_a_loop_stuck_on_a_step_and_recovers_when_it_moves(model, monkeypatch):
+    steps, stuck, release = model.loop.steps, threading.Event(), threading.Event()
+    step = steps.step
+
+    def hangs(windows):
+        stuck.set()
+        release.wait(timeout=60)
+        return step(windows)
+
+    monkeypatch.setattr(steps, "step", hangs)
+    monkeypatch.setitem(loading.STALLED_AFTER, "cpu", 0.2)
+    assert model.healthy()
+    thread = threading.Thread(target=tokens, args=(model, 1, request(1)))
+    thread.start()
+    stuck.wait(timeout=60)
+    wait_until(lambda: not model.healthy())
+    release.set()
+    monkeypatch.setattr(steps, "step", step)
+    thread.join()
+    assert model.healthy()
+
+
+def test_health_fails_when_the_loop_is_gone(model):
+    model.loop.close()
+    assert not model.healthy()

@@ -1,0 +1,100 @@
+"""Slots sized by memory: what a GPU's `mem_get_info` or a CPU's available memory (a container's
+limit included) leaves beside the other stages' working memory, at most the concurrency limit.
+
+The device's answers are stood in for: `torch.cuda.mem_get_info` for cards of 16, 24 and 80 GB,
+a cgroup's files for a container limited to 4 GB. The per-slot figure is MusicGen-melody's."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from musicgen_cog.model import memory
+from musicgen_cog.model.fast_decode import kv_bytes
+from musicgen_cog.model.loading import load_model, start_decoding_loop
+from musicgen_cog.model.memory import GIB, NotEnoughMemory, free_memory, plan_slots, working_memory
+
+MELODY_POSITIONS = 512 + 235 + 1505  # the longest prefix (T5 bound, a 30 s window's chroma), then a window
+GPU_SLOT = kv_bytes(layers=48, dim=1536, positions=MELODY_POSITIONS, dtype=torch.float16)
+CPU_SLOT = kv_bytes(layers=48, dim=1536, positions=MELODY_POSITIONS, dtype=torch.float32)
+RESIDENT_ON_A_GPU = int(4.2e9)  # CUDA context, fp16 LM, fp32 T5, htdemucs and EnCodec: computed
+
+
+def test_a_melody_size_slot_takes_1_36_gb_in_fp16_and_twice_that_in_fp32():
+    assert GPU_SLOT == 2 * 2 * 48 * 2304 * 1536 * 2 == 1_358_954_496
+    assert CPU_SLOT == 2 * GPU_SLOT
+
+
+@pytest.mark.parametrize("card, slots", [(16, 3), (24, 8), (80, 8)])
+def test_the_slots_a_gpu_card_gets_for_the_default_limit_of_8(card, slots, monkeypatch):
+    free = card * 10**9 - RESIDENT_ON_A_GPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *device: (free, card * 10**9))
+    working = working_memory(30.0, melody=True, mbd=True, device="cuda", streams=10)
+    plan = plan_slots(8, GPU_SLOT, working, free_memory("cuda"), "cuda")
+    assert plan.slots == slots
+    assert plan.free == free and plan.working.total == working.total
+    assert plan.describe().startswith(f"KV cache: {slots} of 8 slots fit in {free / 1e9:.2f} GB free on the cuda (")
+
+
+def test_an_80_gb_card_holds_far_more_than_8_slots_when_the_limit_allows():
+    working = working_memory(30.0, melody=True, mbd=True, device="cuda", streams=34)
+    assert plan_slots(32, GPU_SLOT, working, 80 * 10**9 - RESIDENT_ON_A_GPU, "cuda").slots == 32
+    working = working_memory(30.0, melody=True, mbd=True, device="cuda", streams=66)
+    assert plan_slots(64, GPU_SLOT, working, 80 * 10**9 - RESIDENT_ON_A_GPU, "cuda").slots == 49
+
+
+def cgroup(tmp_path, limit: int | str, usage: int, version: int = 2):
+    root = tmp_path / "cgroup"
+    folder = root if version == 2 else root / "memory"
+    folder.mkdir(parents=True)
+    names = ("memory.max", "memory.current") if version == 2 else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    (folder / names[0]).write_text(f"{limit}\n")
+    (folder / names[1]).write_text(f"{usage}\n")
+    return root
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_a_containers_limit_caps_the_cpus_free_memory(tmp_path, monkeypatch, version):
+    monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, 4 * GIB, 1 * GIB, version))
+    assert free_memory("cpu") == min(3 * GIB, memory._meminfo_available())
+
+
+def test_no_limit_leaves_the_machines_available_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, "max", 1 * GIB))
+    assert free_memory("cpu") == memory._meminfo_available()
+
+
+def test_a_4_gb_container_cannot_hold_a_melody_size_slot_and_says_what_it_needs(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, 4 * GIB, int(0.5 * GIB)))
+    working = working_memory(30.0, melody=True, mbd=True, device="cpu")
+    with pytest.raises(NotEnoughMemory) as refused:
+        plan_slots(8, CPU_SLOT, working, free_memory("cpu"), "cpu")
+    needed = CPU_SLOT + memory.STEP_WORK_PER_SLOT + working.total
+    assert str(refused.value) == (
+        "not enough CPU memory for one request: a slot of the KV cache takes 2.72 GB and the other stages "
+        f"{working.total / 1e9:.2f} GB at once (conditioning 1.54 GB, codec 1.37 GB, MultiBand Diffusion "
+        f"3.22 GB), {needed / 1e9:.2f} GB in all, but 3.76 GB is free after loading the model. Use a "
+        "device with more memory, or free some."
+    )
+
+
+def test_the_loop_gets_the_slots_that_fit_and_says_so(tiny_weights, monkeypatch, logs):
+    model = load_model(tiny_weights, device="cpu", slots=1)
+    per_slot = kv_bytes(layers=2, dim=32, positions=MELODY_POSITIONS, dtype=torch.float32)
+    per_slot += memory.STEP_WORK_PER_SLOT
+    working = working_memory(30.0, melody=True, mbd=True, device="cpu")
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: working.total + 3 * per_slot + 1)
+    monkeypatch.setattr(memory, "CGROUP", memory.CGROUP / "absent")
+    start_decoding_loop(model, 8)
+    assert model.loop is not None and model.loop.slots == 3 and model.plan is not None and model.plan.slots == 3
+    lines = [r.getMessage() for r in logs.records if r.levelno == logging.INFO]
+    assert any(line.startswith("KV cache: 3 of 8 slots fit in ") for line in lines)
+
+
+def test_a_machine_too_small_for_one_slot_fails_setup_naming_the_memory(tiny_weights, monkeypatch):
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: 1 * GIB)
+    monkeypatch.setattr(memory, "CGROUP", memory.CGROUP / "absent")
+    with pytest.raises(NotEnoughMemory, match=r"^not enough CPU memory for one request: .* but 1\.07 GB is free"):
+        load_model(tiny_weights, device="cpu", slots=8)
