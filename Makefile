@@ -20,8 +20,9 @@ help:  ## list the targets
 
 setup: system-packages $(VENV)/.installed  ## create .venv with the pinned stack; install ffmpeg if missing
 
-system-packages:
-	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg; }
+system-packages:  # ffmpeg (mp3); tini, the image's entry point, which `make serve` runs under too
+	@command -v ffmpeg >/dev/null && command -v tini >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg tini; }
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-test.txt
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -64,9 +65,12 @@ bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, first requ
 schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
 	$(PY) -m musicgen_cog.commands.schema
 
+# As deploy/ runs the image: under tini sending signals to the process group, coglet waiting for
+# /shutdown, so that SIGTERM (to tini) drains the predictions in flight, then stops (README, "Shutdown").
 serve: schema  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
 	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=predict.py:Predictor PORT=$(PORT) \
-	  COG_MAX_CONCURRENCY=$(CONCURRENCY) $(PY) -m cog.server.http --host 127.0.0.1 $(SERVE_ARGS)
+	  COG_MAX_CONCURRENCY=$(CONCURRENCY) TINI_KILL_PROCESS_GROUP=1 \
+	  exec tini -- $(PY) -m cog.server.http --host 127.0.0.1 --await-explicit-shutdown true $(SERVE_ARGS)
 
 lock:  ## re-resolve the stack into requirements.txt (review the diff before committing)
 	rm -rf /tmp/musicgen-lock && $(PYTHON) -m venv /tmp/musicgen-lock

@@ -14,6 +14,15 @@ from musicgen_cog import environment
 
 environment.configure()  # before audiocraft/transformers import: offline, local weights only
 
+from coglet import server as coglet_server  # noqa: E402
+
+from musicgen_cog.serving.drain import InFlight, drain_seconds  # noqa: E402
+from musicgen_cog.serving.shutdown import drain_on_sigterm  # noqa: E402
+
+IN_FLIGHT = InFlight()
+if coglet_server.active:  # in coglet's worker, before the slow imports: on SIGTERM, drain, then stop (README)
+    drain_on_sigterm(IN_FLIGHT, drain_seconds())
+
 from cog import BasePredictor, Input, Path, concurrent  # noqa: E402
 
 from musicgen_cog.api.concurrency import RequestThreads, concurrency_limit  # noqa: E402
@@ -24,6 +33,7 @@ from musicgen_cog.api.pipeline import run_prediction  # noqa: E402
 from musicgen_cog.audio.writing import OutputFolder  # noqa: E402
 from musicgen_cog.model.loading import load_model  # noqa: E402
 from musicgen_cog.model.warm_up import warm_up  # noqa: E402
+from musicgen_cog.serving.signals import keep_sigterm_from_child_processes  # noqa: E402
 from musicgen_cog.weights.finetune_source import resolve_finetune  # noqa: E402
 
 MAX_CONCURRENCY = concurrency_limit()
@@ -39,7 +49,7 @@ class Predictor(BasePredictor):
         warm_up(self.model)  # every kernel and step graph ready before READY (musicgen_cog/model/warm_up.py)
         output_dir = os.environ.get("MUSICGEN_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "musicgen"
         self.outputs = OutputFolder(output_dir, keep=2 * MAX_CONCURRENCY)
-        self.threads = RequestThreads(MAX_CONCURRENCY)
+        self.threads = RequestThreads(MAX_CONCURRENCY, initializer=keep_sigterm_from_child_processes)
 
     @concurrent(max=8)  # a literal for `cog build`'s parser: DEFAULT_CONCURRENCY (tests/test_predict.py checks)
     async def predict(
@@ -116,7 +126,8 @@ class Predictor(BasePredictor):
         return Path(await self.threads.run(partial(self._run, inputs)))
 
     def _run(self, inputs: PredictionInputs, cancelled: threading.Event) -> Path:
-        try:
-            return run_prediction(self.model, inputs, self.outputs, cancelled)
-        finally:
-            release_freed_memory()
+        with IN_FLIGHT.admit(cancelled):  # refused with ShuttingDown once a drain has begun
+            try:
+                return run_prediction(self.model, inputs, self.outputs, cancelled)
+            finally:
+                release_freed_memory()

@@ -20,6 +20,7 @@ ALLOWED = {
     "model": {"audio", "weights"},
     "audio": set(),
     "weights": set(),
+    "serving": set(),
     "commands": {"api", "model", "audio", "weights"},
 }
 SHARED = {"errors", "environment", "files"}

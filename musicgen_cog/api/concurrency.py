@@ -34,8 +34,9 @@ def concurrency_limit() -> int:
 class RequestThreads:
     """One thread per prediction in flight, carrying its context (Cog routes its log lines by it)."""
 
-    def __init__(self, limit: int):
-        self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="prediction")
+    def __init__(self, limit: int, initializer: Callable[[], None] | None = None):
+        """`initializer` runs once in each new thread, before its first prediction."""
+        self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="prediction", initializer=initializer)
 
     async def run(self, work: Callable[[threading.Event], T]) -> T:
         """`work(cancelled)` in a thread; if the prediction is cancelled, set `cancelled` and wait
