@@ -55,11 +55,12 @@ demo: setup  ## fresh machine, no weights: tiny random weights, then one predict
 	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.commands.tiny_weights $(TINY_WEIGHTS_DIR)
 	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.commands.cog_predict -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
 
-bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, first request, concurrency, step breakdown, speed (last line: speedup)
+bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, first request, concurrency, step breakdown, load, speed (last line: speedup)
 	$(PY) -m bench.setup_time
 	$(PY) -m bench.first_request
 	$(PY) -m bench.concurrency
 	$(PY) -m bench.steps
+	$(PY) -m bench.load
 	$(PY) -m bench.decode_speed
 
 schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
