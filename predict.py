@@ -16,16 +16,18 @@ environment.configure()  # before audiocraft/transformers import: offline, local
 
 from coglet import server as coglet_server  # noqa: E402
 
+from musicgen_cog.api.concurrency import RequestThreads, concurrency_limit  # noqa: E402
 from musicgen_cog.serving.drain import InFlight, drain_seconds  # noqa: E402
+from musicgen_cog.serving.load_gauge import gauge_from_environment  # noqa: E402
 from musicgen_cog.serving.shutdown import drain_on_sigterm  # noqa: E402
 
-IN_FLIGHT = InFlight()
+MAX_CONCURRENCY = concurrency_limit()
+IN_FLIGHT = InFlight(on_change=gauge_from_environment(slots=MAX_CONCURRENCY))
 if coglet_server.active:  # in coglet's worker, before the slow imports: on SIGTERM, drain, then stop (README)
     drain_on_sigterm(IN_FLIGHT, drain_seconds())
 
 from cog import BasePredictor, Input, Path, concurrent  # noqa: E402
 
-from musicgen_cog.api.concurrency import RequestThreads, concurrency_limit  # noqa: E402
 from musicgen_cog.api.inputs import PredictionInputs  # noqa: E402
 from musicgen_cog.api.logs import configure_logging  # noqa: E402
 from musicgen_cog.api.memory import fix_mmap_threshold, release_freed_memory  # noqa: E402
@@ -35,8 +37,6 @@ from musicgen_cog.model.loading import load_model  # noqa: E402
 from musicgen_cog.model.warm_up import warm_up  # noqa: E402
 from musicgen_cog.serving.signals import keep_sigterm_from_child_processes  # noqa: E402
 from musicgen_cog.weights.finetune_source import resolve_finetune  # noqa: E402
-
-MAX_CONCURRENCY = concurrency_limit()
 
 
 class Predictor(BasePredictor):

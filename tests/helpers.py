@@ -136,8 +136,12 @@ def process_tree_memory_mb(pid: int) -> dict[str, float]:
                 key, _, value = line.partition(":")
                 if key in totals:
                     totals[key] += int(value.split()[0]) / 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack.extend(int(c) for c in (task / "children").read_text().split())
+            stack.extend(child_pids(current))
         except (FileNotFoundError, ProcessLookupError):
             continue
     return totals
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started, from any of its threads (coglet spawns its worker off the main one)."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]

@@ -21,7 +21,7 @@ ALLOWED = {
     "audio": set(),
     "weights": set(),
     "serving": set(),
-    "commands": {"api", "model", "audio", "weights"},
+    "commands": {"api", "model", "audio", "weights", "serving"},
 }
 SHARED = {"errors", "environment", "files"}
 ML_LIBRARIES = {"torch", "torchaudio", "transformers", "audiocraft", "numpy", "av", "demucs", "xformers"}

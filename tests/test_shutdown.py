@@ -3,15 +3,22 @@ predictions in flight; every one ends with a terminal status, and nothing new is
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
+from musicgen_cog.commands.health import server_status
 from musicgen_cog.serving.drain import DRAIN_ENV
+from musicgen_cog.serving.load_gauge import METRICS_FILE_ENV
 from tests.cog_server import CogServer, Receiver
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # a server of its own per test
 
@@ -110,6 +117,34 @@ def test_predictions_past_the_grace_period_are_cut_with_a_terminal_status_in_web
     for body in (async_body, sync_body):
         assert body["status"] == "failed" and body["error"].endswith(cut_message), body.get("error")
     assert "drained: 0 finished, 2 cut at the deadline" in server.log_path.read_text()
+
+
+def test_the_prestop_hook_drains_and_returns_once_the_server_has_stopped(tiny_weights, schema_file, tmp_path, receiver):
+    """deploy/kubernetes' preStop command, with tini's pid for the container's PID 1."""
+    gauge = tmp_path / "metrics" / "musicgen.prom"
+    server = CogServer.as_deployed(
+        tiny_weights, tmp_path / "server.log", env={DRAIN_ENV: "240", METRICS_FILE_ENV: str(gauge)}
+    )
+    port = urlparse(server.url).port
+    try:
+        server.wait_for("READY")
+        for i in range(2):
+            server.start(f"in-flight-{i}", receiver, prompt="x", duration=5)
+        receiver.wait_for(lambda r: all(started(r, f"in-flight-{i}") for i in range(2)))
+        assert "musicgen_predictions_in_flight 2\n" in gauge.read_text()
+        hook = subprocess.run(
+            [sys.executable, "-m", "musicgen_cog.commands.drain", "--pid", str(server.process.pid), "--settle", "0"],
+            cwd=ROOT,
+            env={**os.environ, "PORT": str(port)},
+            timeout=300,
+        )
+        assert hook.returncode == 0 and server_status(port) is None
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        server.stop()
+    hooks = terminal_webhooks(receiver)
+    assert [hooks[f"in-flight-{i}"]["status"] for i in range(2)] == ["succeeded", "succeeded"]
+    assert "musicgen_predictions_in_flight 0\n" in gauge.read_text()
 
 
 def test_a_server_stopped_during_setup_exits_without_waiting_for_the_grace_period(tiny_weights, schema_file, tmp_path):
