@@ -10,7 +10,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
@@ -125,7 +124,7 @@ def test_the_prestop_hook_drains_and_returns_once_the_server_has_stopped(tiny_we
     server = CogServer.as_deployed(
         tiny_weights, tmp_path / "server.log", env={DRAIN_ENV: "240", METRICS_FILE_ENV: str(gauge)}
     )
-    port = urlparse(server.url).port
+    port = int(server.url.rsplit(":", 1)[1])
     try:
         server.wait_for("READY")
         for i in range(2):
