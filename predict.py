@@ -123,11 +123,12 @@ class Predictor(BasePredictor):
             output_format=output_format,
             seed=seed,
         )
-        return Path(await self.threads.run(partial(self._run, inputs)))
+        with IN_FLIGHT.admit() as admission:  # refused with ShuttingDown once a drain has begun
+            work = self.threads.run(partial(self._run, inputs), admission.cancelled)
+            return Path(await admission.outlast(work))
 
     def _run(self, inputs: PredictionInputs, cancelled: threading.Event) -> Path:
-        with IN_FLIGHT.admit(cancelled):  # refused with ShuttingDown once a drain has begun
-            try:
-                return run_prediction(self.model, inputs, self.outputs, cancelled)
-            finally:
-                release_freed_memory()
+        try:
+            return run_prediction(self.model, inputs, self.outputs, cancelled)
+        finally:
+            release_freed_memory()

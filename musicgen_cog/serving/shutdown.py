@@ -37,9 +37,11 @@ def drain_then_stop(in_flight: InFlight, grace: float, coglet: int) -> None:
     )
     result = in_flight.drain(grace)
     log.info(
-        "drained: %d finished, %d cut at the deadline, %d refused; stopping the server",
+        "drained: %d finished, %d cut at the deadline (%d answered while still running), %d refused; "
+        "stopping the server",
         result.finished,
         result.cut,
+        result.abandoned,
         result.refused,
     )
     time.sleep(SETTLE_SECONDS)

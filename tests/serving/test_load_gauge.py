@@ -1,6 +1,6 @@
 """The gauge file an autoscaler reads: written at once, rewritten whole on every change."""
 
-import threading
+import asyncio
 
 from musicgen_cog.serving.drain import InFlight
 from musicgen_cog.serving.load_gauge import METRICS_FILE_ENV, gauge_from_environment
@@ -21,7 +21,11 @@ def test_the_file_follows_the_predictions_in_flight(monkeypatch, tmp_path):
     monkeypatch.setenv(METRICS_FILE_ENV, str(path))
     in_flight = InFlight(on_change=gauge_from_environment(slots=8))
     assert samples(path.read_text()) == {"musicgen_predictions_in_flight": 0, "musicgen_prediction_slots": 8}
-    with in_flight.admit(threading.Event()):
-        assert samples(path.read_text())["musicgen_predictions_in_flight"] == 1
+
+    async def prediction() -> float:
+        with in_flight.admit():
+            return samples(path.read_text())["musicgen_predictions_in_flight"]
+
+    assert asyncio.run(prediction()) == 1
     assert samples(path.read_text())["musicgen_predictions_in_flight"] == 0
     assert [p.name for p in path.parent.iterdir()] == ["musicgen.prom"]  # no temporary files left
