@@ -32,7 +32,10 @@ MIX: list[tuple[str, dict[str, Any]]] = [
     ("text mp3", {"duration": 3, "output_format": "mp3", "top_p": 0.9}),
     ("melody wav", {"duration": 1, "input_audio": "clip", "normalization_strategy": "peak"}),
 ]
-BACKOFF_FIRST, BACKOFF_MAX, GIVE_UP_AFTER = 0.25, 8.0, 300.0  # seconds
+# Seconds. coglet has no queue: a freed slot goes to whichever request comes next, so a client whose
+# backoff has grown long loses nearly every race to those that retry soon. With an 8 s cap, 5 of
+# 361 predictions still met 409s after 300 s; capped at 1 s, none of 231 did (docs/benchmarks.md).
+BACKOFF_FIRST, BACKOFF_MAX, GIVE_UP_AFTER = 0.1, 1.0, 300.0
 MIME = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 SMALLEST_FILE = 1000  # bytes: a second of mp3 at the lowest bitrate ffmpeg picks is larger
 
