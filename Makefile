@@ -22,11 +22,12 @@ export WEIGHTS_DIR PLAYGROUND_HOST PLAYGROUND_PORT
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: system-packages $(VENV)/.installed  ## create .venv with the pinned stack; install ffmpeg and chromium if missing
+setup: system-packages $(VENV)/.installed  ## create .venv with the pinned stack; install ffmpeg, chromium and tini if missing
 
-# chromium: the browser the playground's page tests drive (headless)
+# ffmpeg (mp3); chromium, the browser the playground's page tests drive (headless); tini, the
+# image's entry point, which `make serve` runs under too
 system-packages:
-	@missing="$$(for tool in ffmpeg chromium; do command -v $$tool >/dev/null || echo $$tool; done)"; \
+	@missing="$$(for tool in ffmpeg chromium tini; do command -v $$tool >/dev/null || echo $$tool; done)"; \
 	  [ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; }
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-test.txt requirements-playground.txt
@@ -60,19 +61,23 @@ demo: setup  ## fresh machine, no weights: tiny random weights, then one predict
 	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.commands.tiny_weights $(TINY_WEIGHTS_DIR)
 	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.commands.cog_predict -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
 
-bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, first request, concurrency, step breakdown, speed (last line: speedup)
+bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, first request, concurrency, step breakdown, load, speed (last line: speedup)
 	$(PY) -m bench.setup_time
 	$(PY) -m bench.first_request
 	$(PY) -m bench.concurrency
 	$(PY) -m bench.steps
+	$(PY) -m bench.load
 	$(PY) -m bench.decode_speed
 
 schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
 	$(PY) -m musicgen_cog.commands.schema
 
+# As deploy/ runs the image: under tini sending signals to the process group, coglet waiting for
+# /shutdown, so that SIGTERM (to tini) drains the predictions in flight, then stops (README, "Shutdown").
 serve: schema  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
 	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=predict.py:Predictor PORT=$(PORT) \
-	  COG_MAX_CONCURRENCY=$(CONCURRENCY) $(PY) -m cog.server.http --host 127.0.0.1 $(SERVE_ARGS)
+	  COG_MAX_CONCURRENCY=$(CONCURRENCY) TINI_KILL_PROCESS_GROUP=1 \
+	  exec tini -- $(PY) -m cog.server.http --host 127.0.0.1 --await-explicit-shutdown true $(SERVE_ARGS)
 
 playground: setup  ## the browser playground on 127.0.0.1:7860 (PLAYGROUND_HOST, PLAYGROUND_PORT) with its own server; SERVER_URL=http://... for a running one
 ifeq ($(SERVER_URL),)

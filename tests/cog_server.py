@@ -21,9 +21,17 @@ VENV_BIN = Path(sys.executable).parent
 
 
 class CogServer:
-    """`python -m cog.server.http` from the repo root, as the image runs it (see `make serve`)."""
+    """`python -m cog.server.http` from the repo root, as the image runs it (see `make serve`);
+    `launcher` goes before it (tini, as the image's entry point)."""
 
-    def __init__(self, weights_dir: Path, log_path: Path, args: tuple[str, ...] = (), env: dict | None = None):
+    def __init__(
+        self,
+        weights_dir: Path,
+        log_path: Path,
+        args: tuple[str, ...] = (),
+        env: dict | None = None,
+        launcher: tuple[str, ...] = (),
+    ):
         self.log_path = log_path
         environment = {
             **os.environ,
@@ -39,13 +47,26 @@ class CogServer:
         }
         self.log = open(log_path, "w")  # noqa: SIM115 (the server writes it until stop())
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", *args],
+            [*launcher, sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", *args],
             cwd=ROOT,
             env=environment,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
         self.url = f"http://127.0.0.1:{self._port()}"
+
+    @classmethod
+    def as_deployed(cls, weights_dir: Path, log_path: Path, env: dict | None = None) -> CogServer:
+        """The server as deploy/ runs the image, draining on SIGTERM (README, "Shutdown"): under
+        tini, the image's entry point, sending signals to the whole process group; coglet waits
+        for /shutdown instead of stopping on SIGTERM."""
+        return cls(
+            weights_dir,
+            log_path,
+            args=("--await-explicit-shutdown", "true"),
+            env={"TINI_KILL_PROCESS_GROUP": "1", **(env or {})},
+            launcher=("tini", "--"),
+        )
 
     def _port(self, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout

@@ -121,3 +121,27 @@ def copy_without(tiny_weights: Path, tmp_path: Path, *excluded: str) -> Path:
         else:
             os.symlink(path, target)
     return root
+
+
+def process_tree_memory_mb(pid: int) -> dict[str, float]:
+    """Resident memory of a process and its descendants from /proc, in MB: all of it (VmRSS), the
+    anonymous part where a leak would show (RssAnon), and the file-backed part (RssFile: library
+    code and mapped files, paged in as code paths are first used)."""
+    totals = dict.fromkeys(("VmRSS", "RssAnon", "RssFile"), 0.0)
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in totals:
+                    totals[key] += int(value.split()[0]) / 1024
+            stack.extend(child_pids(current))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return totals
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started, from any of its threads (coglet spawns its worker off the main one)."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]

@@ -20,7 +20,8 @@ ALLOWED = {
     "model": {"audio", "weights"},
     "audio": set(),
     "weights": set(),
-    "commands": {"api", "model", "audio", "weights"},
+    "serving": set(),
+    "commands": {"api", "model", "audio", "weights", "serving"},
 }
 SHARED = {"errors", "environment", "files"}
 ML_LIBRARIES = {"torch", "torchaudio", "transformers", "audiocraft", "numpy", "av", "demucs", "xformers"}

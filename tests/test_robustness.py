@@ -26,7 +26,7 @@ import soundfile
 from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
 from musicgen_cog.weights.finetune_source import finetune_cache_path
 from tests.cog_server import CogServer, Receiver
-from tests.helpers import SAMPLE_RATE, data_uri, samples_per_frame, tone, write_tone
+from tests.helpers import SAMPLE_RATE, data_uri, process_tree_memory_mb, samples_per_frame, tone, write_tone
 from tests.loopback import LoopbackServer, Quiet
 
 REQUEST_LIMIT = 120  # seconds any single request may take before it counts as a hang
@@ -260,26 +260,6 @@ def test_a_prediction_id_cannot_place_folders_outside_coglets_own(tiny_weights, 
 
 
 # --- soak ----------------------------------------------------------------------------------------
-
-
-def process_tree_memory_mb(pid: int) -> dict[str, float]:
-    """Resident memory of a process and its descendants from /proc, in MB: all of it (VmRSS), the
-    anonymous part where a leak would show (RssAnon), and the file-backed part (RssFile: library
-    code and mapped files, paged in as code paths are first used)."""
-    totals = dict.fromkeys(("VmRSS", "RssAnon", "RssFile"), 0.0)
-    stack = [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in totals:
-                    totals[key] += int(value.split()[0]) / 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack.extend(int(c) for c in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return totals
 
 
 # Every kind of request, each mode and output path and each error path: the warm-up runs them all

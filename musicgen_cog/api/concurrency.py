@@ -34,13 +34,15 @@ def concurrency_limit() -> int:
 class RequestThreads:
     """One thread per prediction in flight, carrying its context (Cog routes its log lines by it)."""
 
-    def __init__(self, limit: int):
-        self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="prediction")
+    def __init__(self, limit: int, initializer: Callable[[], None] | None = None):
+        """`initializer` runs once in each new thread, before its first prediction."""
+        self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="prediction", initializer=initializer)
 
-    async def run(self, work: Callable[[threading.Event], T]) -> T:
+    async def run(self, work: Callable[[threading.Event], T], cancelled: threading.Event | None = None) -> T:
         """`work(cancelled)` in a thread; if the prediction is cancelled, set `cancelled` and wait
-        until the work has stopped (at its next step boundary), so nothing outlives it."""
-        cancelled = threading.Event()
+        until the work has stopped (at its next step boundary), so nothing outlives it. Others may
+        set `cancelled` too (a drain's deadline)."""
+        cancelled = cancelled or threading.Event()
         context = contextvars.copy_context()
         running = asyncio.get_running_loop().run_in_executor(self._executor, context.run, work, cancelled)
         try:

@@ -1,0 +1,68 @@
+"""Finding the port coglet listens on from its process id, and asking it to stop."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from musicgen_cog.serving.coglet_control import listening_address, stop_coglet
+
+# A stand-in for coglet's server process: it listens on a port the kernel picks (as PORT=0 does),
+# prints it, and reports the first POST it gets.
+LISTENER = textwrap.dedent(
+    """
+    import http.server
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            print("POST", self.path, flush=True)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.handle_request()
+    """
+)
+
+
+@pytest.fixture
+def listener():
+    process = subprocess.Popen([sys.executable, "-c", LISTENER], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    port = int(process.stdout.readline())
+    yield process, port
+    process.kill()
+    process.wait()
+
+
+def test_the_address_is_read_from_the_processes_listening_socket(listener):
+    process, port = listener
+    assert listening_address(process.pid) == ("127.0.0.1", port)
+
+
+def test_a_process_that_listens_nowhere_has_no_address():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(LookupError, match=f"process {child.pid} listens on no IPv4 TCP port"):
+            listening_address(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_stopping_posts_to_shutdown_on_that_port(listener):
+    process, _ = listener
+    stop_coglet(process.pid)
+    assert process.stdout is not None
+    assert process.stdout.readline() == "POST /shutdown\n"
+    assert process.wait(timeout=30) == 0
+
+
+def test_a_server_that_cannot_be_reached_is_sent_sigint():
+    child = subprocess.Popen(["sleep", "30"])
+    stop_coglet(child.pid)
+    assert child.wait(timeout=30) == -signal.SIGINT

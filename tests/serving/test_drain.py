@@ -1,0 +1,133 @@
+"""The predictions in flight and the drain: refusals, waiting for the last one, cutting the rest."""
+
+import asyncio
+import threading
+
+import pytest
+
+from musicgen_cog.serving import drain as drain_module
+from musicgen_cog.serving.drain import DRAIN_ENV, REFUSED, InFlight, ShuttingDown, drain_seconds
+
+
+def test_the_grace_period_is_300_s_unless_the_variable_says_otherwise(monkeypatch):
+    monkeypatch.delenv(DRAIN_ENV, raising=False)
+    assert drain_seconds() == 300
+    monkeypatch.setenv(DRAIN_ENV, "42.5")
+    assert drain_seconds() == 42.5
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan"])
+def test_a_bad_grace_period_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv(DRAIN_ENV, value)
+    expected = f"MUSICGEN_DRAIN_SECONDS must be a number of seconds, 0 or more, got '{value}'"
+    with pytest.raises(ValueError, match=expected):
+        drain_seconds()
+
+
+async def until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+async def predict(in_flight: InFlight, work) -> str:
+    """A prediction as predict.py runs one: admitted, its blocking `work(cancelled)` in a thread."""
+    with in_flight.admit() as admission:
+        return await admission.outlast(asyncio.to_thread(work, admission.cancelled))
+
+
+def test_a_drain_waits_for_the_predictions_in_flight_and_refuses_new_ones():
+    counts: list[int] = []
+    in_flight = InFlight(on_change=counts.append)
+    release = threading.Event()
+
+    async def scenario():
+        running = [asyncio.ensure_future(predict(in_flight, lambda c: release.wait(30) and "file")) for _ in range(2)]
+        await until(lambda: in_flight.count == 2)
+        drained = asyncio.ensure_future(asyncio.to_thread(in_flight.drain, 60))
+        await until(lambda: in_flight.draining)
+        with pytest.raises(ShuttingDown, match=REFUSED), in_flight.admit():
+            pass
+        assert not drained.done()  # still waiting for the two
+        release.set()
+        return await asyncio.gather(*running), await drained
+
+    files, result = asyncio.run(scenario())
+    assert files == ["file", "file"]
+    assert (result.finished, result.cut, result.abandoned, result.refused) == (2, 0, 0, 1)
+    assert counts[:2] == [1, 2] and counts[-1] == 0 and in_flight.count == 0
+
+
+def test_predictions_still_running_at_the_deadline_are_stopped_and_fail_with_shutting_down():
+    in_flight = InFlight()
+
+    def work(cancelled: threading.Event) -> str:
+        assert cancelled.wait(timeout=30), "the drain never stopped the prediction"
+        raise RuntimeError("cancelled at a step boundary")  # as the pipeline's GenerationCancelled
+
+    async def scenario():
+        running = asyncio.ensure_future(predict(in_flight, work))
+        await until(lambda: in_flight.count == 1)
+        result = await asyncio.to_thread(in_flight.drain, 0.1)
+        with pytest.raises(ShuttingDown, match=r"still running 0.1 s after shutdown began \(MUSICGEN_DRAIN_SECONDS\)"):
+            await running
+        return result
+
+    result = asyncio.run(scenario())
+    assert (result.finished, result.cut, result.abandoned) == (0, 1, 0) and in_flight.count == 0
+
+
+def test_a_prediction_that_will_not_stop_is_answered_without_its_work(monkeypatch):
+    monkeypatch.setattr(drain_module, "CUT_WAIT_SECONDS", 0.1)
+    in_flight = InFlight()
+    stuck = threading.Event()  # as a long MBD stage, which sees the cut only when it ends
+
+    async def scenario():
+        running = asyncio.ensure_future(predict(in_flight, lambda cancelled: stuck.wait(30)))
+        await until(lambda: in_flight.count == 1)
+        result = await asyncio.to_thread(in_flight.drain, 0.1)
+        with pytest.raises(ShuttingDown, match=r"still running 0\.1 s after shutdown began"):
+            await running
+        stuck.set()  # let the thread end before the loop closes
+        return result
+
+    result = asyncio.run(scenario())
+    assert (result.finished, result.cut, result.abandoned) == (0, 1, 1) and in_flight.count == 0
+
+
+def test_cancelling_a_prediction_cancels_its_work_and_waits_for_it():
+    in_flight = InFlight()
+    seen = []
+
+    async def work():
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.01)  # still cleaning up: the prediction must wait for this
+            seen.append("work cancelled and done")
+            raise
+
+    async def prediction():
+        with in_flight.admit() as admission:
+            await admission.outlast(work())
+
+    async def scenario():
+        running = asyncio.ensure_future(prediction())
+        await until(lambda: in_flight.count == 1)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    asyncio.run(scenario())
+    assert seen == ["work cancelled and done"] and in_flight.count == 0
+
+
+def test_a_failure_of_its_own_is_not_turned_into_shutting_down():
+    in_flight = InFlight()
+
+    async def prediction():
+        with in_flight.admit():
+            raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        asyncio.run(prediction())
+    assert in_flight.count == 0
