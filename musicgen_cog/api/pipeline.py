@@ -16,6 +16,7 @@ from ..model.loading import LoadedModel
 from ..model.randomness import RequestRandomness
 from ..model.sampling import Sampling
 from .inputs import ModelLimits, PredictionInputs, validate
+from .metrics import record_metrics
 from .seeding import resolve_seed
 
 log = logging.getLogger(__name__)
@@ -40,25 +41,24 @@ def run_prediction(
     if inputs.input_audio is not None:
         with health.stage("decoding input_audio", "cpu"):
             clip = slice_audio(decode_audio(inputs.input_audio), inputs.continuation_start, inputs.slice_end)
-    wav = generate(
-        model,
-        GenerationRequest(
-            prompt=inputs.prompt,
-            duration=float(inputs.duration),
-            sampling=Sampling(inputs.top_k, inputs.top_p, inputs.temperature, float(inputs.classifier_free_guidance)),
-            melody=clip if not inputs.continuation else None,
-            continue_from=clip if inputs.continuation else None,
-            multi_band_diffusion=inputs.multi_band_diffusion,
-            cancelled=cancelled or threading.Event(),
-        ),
-        RequestRandomness(seed, model.musicgen.device),
+    request = GenerationRequest(
+        prompt=inputs.prompt,
+        duration=float(inputs.duration),
+        sampling=Sampling(inputs.top_k, inputs.top_p, inputs.temperature, float(inputs.classifier_free_guidance)),
+        melody=clip if not inputs.continuation else None,
+        continue_from=clip if inputs.continuation else None,
+        multi_band_diffusion=inputs.multi_band_diffusion,
+        cancelled=cancelled or threading.Event(),
     )
+    wav = generate(model, request, RequestRandomness(seed, model.musicgen.device))
     sample_rate = model.musicgen.sample_rate
     log.info("normalizing (%s) and encoding %s", inputs.normalization_strategy, inputs.output_format)
-    with health.stage("normalizing and writing the audio", "cpu"):
+    with health.stage("normalizing and writing the audio", "cpu"), request.times.measure("encoding"):
         wav = normalize(wav, sample_rate, inputs.normalization_strategy)
         if cancelled is not None and cancelled.is_set():
             raise GenerationCancelled()  # no file for a prediction nobody waits for
         path = outputs.write(wav, sample_rate, inputs.output_format, stem=f"musicgen-seed{seed}")
-    log.info("wrote %s (%.2f s of audio) in %.1f s", path.name, wav.shape[-1] / sample_rate, time.monotonic() - started)
+    audio_seconds = wav.shape[-1] / sample_rate
+    log.info("wrote %s (%.2f s of audio) in %.1f s", path.name, audio_seconds, time.monotonic() - started)
+    record_metrics(request.times, seed, audio_seconds)
     return path

@@ -204,6 +204,7 @@ class DecodingLoop:
         while self._waiting and self._free_slots:
             window = self._waiting.pop(0)
             window.slot = min(self._free_slots)  # the lowest: requests fill the slots from the first
+            window.admitted_at = time.monotonic()
             self._free_slots.remove(window.slot)
             self._active.append(window)
             self.streams.wait(window.tensors_ready)  # the request's stream has written the window's tensors

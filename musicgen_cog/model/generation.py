@@ -28,6 +28,7 @@ from .loading import LoadedModel
 from .progress import StepProgress, planned_steps
 from .randomness import RequestRandomness
 from .sampling import Sampling
+from .timings import StageTimes
 from .window import UNKNOWN_TOKEN, Window
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class GenerationRequest:
     continue_from: Audio | None = None  # audio prompt (continuation mode)
     multi_band_diffusion: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
+    times: StageTimes = field(default_factory=StageTimes, compare=False)  # filled as the stages end
 
 
 def generate(model: LoadedModel, request: GenerationRequest, randomness: RequestRandomness) -> torch.Tensor:
@@ -54,12 +56,13 @@ def generate(model: LoadedModel, request: GenerationRequest, randomness: Request
         _stop_if_cancelled(request)
         if request.multi_band_diffusion:
             log.info("decoding %d frames with MultiBand Diffusion", tokens.shape[-1])
-            with model.health.stage("decoding with MultiBand Diffusion", model.device):
+            with model.health.stage("decoding with MultiBand Diffusion", model.device), request.times.measure("mbd"):
                 mbd = model.mbd()
                 with randomness.torch_default():  # its noise continues the request's stream, as if alone
                     wav = mbd.tokens_to_wav(tokens)
         else:
-            with model.codec_lock, model.health.stage("decoding the audio (EnCodec)", model.device):
+            stage = model.health.stage("decoding the audio (EnCodec)", model.device)
+            with model.codec_lock, stage, request.times.measure("audio_decoding"):
                 wav = model.musicgen.generate_audio(tokens)
         wav = wav[0].float().cpu()
     if not torch.isfinite(wav).all():
@@ -74,7 +77,8 @@ def generate_tokens(model: LoadedModel, request: GenerationRequest, randomness: 
     total = request.duration
     descriptions: list[Any] = [request.prompt]  # audiocraft conditions on no text for None
     check_prompt_tokens(musicgen.lm, request.prompt)  # before any work: the KV cache holds so many
-    with torch.no_grad(), model.health.stage("preparing the conditions", model.device):
+    stage = model.health.stage("preparing the conditions", model.device)
+    with torch.no_grad(), stage, request.times.measure("conditioning"):
         if request.continue_from is not None:
             clip = request.continue_from
             _check_continuation_prompt(clip, musicgen.max_duration)
@@ -90,10 +94,12 @@ def generate_tokens(model: LoadedModel, request: GenerationRequest, randomness: 
         else:
             log.info("generating %.2f s from text", total)
             attributes, prompt_tokens = musicgen._prepare_tokens_and_attributes(descriptions, None)
-        prompt_frames = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
-        progress = StepProgress(planned_steps(musicgen, total, prompt_frames, EXTEND_STRIDE))
+    prompt_frames = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
+    progress = StepProgress(planned_steps(musicgen, total, prompt_frames, EXTEND_STRIDE))
+    with torch.no_grad():
         tokens = _Decoding(model, request, attributes, randomness, progress).tokens(prompt_tokens, total)
-    progress.finish()
+    request.times.add("decoding", progress.finish())
+    request.times.steps += progress.done
     return tokens
 
 
@@ -150,7 +156,8 @@ class _Decoding:
         musicgen, lm = self.model.musicgen, self.model.musicgen.lm
         health, device = self.model.health, self.model.device
         # demucs draws its shifts from python's random
-        with self.randomness.python_random(), self.model.autocast(), health.stage("conditioning (T5, stems)", device):
+        stage, timed = health.stage("conditioning (T5, stems)", device), self.request.times.measure("conditioning")
+        with self.randomness.python_random(), self.model.autocast(), stage, timed:
             pair = self.attributes + ClassifierFreeGuidanceDropout(p=1.0)(self.attributes)
             conditions = lm.condition_provider(lm.condition_provider.tokenize(pair))
         if prompt is None:
@@ -183,6 +190,8 @@ class _Decoding:
                 if not loop.alive:
                     raise RuntimeError("the decoding loop stopped") from None
         self.progress.report()
+        if window.admitted_at is not None:
+            self.request.times.add("slot_wait", window.admitted_at - window.submitted_at)
         self.model.streams.wait(window.result_ready)  # written on the loop's stream
         self.model.streams.keep_alive([filled])
         codes, _, _ = pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)

@@ -8,6 +8,7 @@ marks invalid get the special token; prompt tokens are never overwritten.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class Window:
     on_step: Callable[[], None] = lambda: None
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: Future = field(default_factory=Future)
+    submitted_at: float = field(default_factory=time.monotonic)
+    admitted_at: float | None = None  # when it took a slot
     tensors_ready: Any = None  # a CUDA event: its tensors are written (on the request's stream); None on a CPU
     result_ready: Any = None  # a CUDA event: its result is written (on the loop's stream)
     slot: int = -1
