@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     environment.configure()
-    from ..api.cog_schema import InputCheckError, check_inputs, read_predictor, type_name
+    # one prediction: one slot of the KV cache; set before predict.py is first imported (by the inspector)
     from ..api.concurrency import CONCURRENCY_ENV
+
+    os.environ[CONCURRENCY_ENV] = "1"
+    from ..api.cog_schema import InputCheckError, check_inputs, read_predictor, type_name
     from ..errors import InputError
     from ..model.device import NoGpu
     from ..model.memory import NotEnoughMemory
@@ -56,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = check_inputs(info, values)
     except InputCheckError as exc:
         raise SystemExit(f"error: {exc} ({exc.input_name} expects {type_name(info, exc.input_name)})") from None
-    os.environ[CONCURRENCY_ENV] = "1"  # one prediction: one slot of the KV cache, one step graph
     import predict
 
     predictor = predict.Predictor()

@@ -35,6 +35,7 @@ def test_a_prediction_writes_the_file_prints_its_path_and_no_warning(tiny_weight
     assert rate == SAMPLE_RATE and abs(len(samples) - 2 * SAMPLE_RATE) <= 1152
     steps = decoding_steps(predictor.model.musicgen, 2)
     assert "Using seed 0" in done.stderr and f"generation: {steps}/{steps} steps (100%)" in done.stderr
+    assert "KV cache: 1 of 1 slots fit in " in done.stderr  # one prediction: one slot, whatever the server's limit
     assert "Warning" not in done.stderr and "WARNING" not in done.stderr  # nothing a user cannot act on
 
 
