@@ -187,7 +187,7 @@ def plan_memory(model: LoadedModel, limit: int) -> SlotPlan:
     """The slots of `limit` that fit beside the working memory of the other stages (memory.py)."""
     musicgen, device = model.musicgen, model.device
     per_slot = kv_bytes_per_slot(musicgen.lm, cache_positions(musicgen), model.cache_dtype())
-    working = working_memory(musicgen.max_duration, model.supports_melody, model.supports_mbd, device, limit + 2)
+    working = working_memory(musicgen.max_duration, model.supports_melody, model.supports_mbd, device, limit)
     return plan_slots(limit, per_slot, working, free_memory(device), device)
 
 

@@ -41,29 +41,34 @@ class NotEnoughMemory(RuntimeError):
 
 @dataclass(frozen=True)
 class WorkingMemory:
-    """Bytes the stages beside the loop may hold at once, by stage."""
+    """Bytes the stages beside the loop may hold, by stage: all at once when several predictions
+    run (each may be in another stage), the largest alone when one does (its stages take turns)."""
 
     stages: dict[str, int]
+    at_once: bool = True
 
     @property
     def total(self) -> int:
-        return sum(self.stages.values())
+        return sum(self.stages.values()) if self.at_once else max(self.stages.values())
 
     def describe(self) -> str:
-        return ", ".join(f"{name} {gigabytes(size)}" for name, size in self.stages.items())
+        listed = ", ".join(f"{name} {gigabytes(size)}" for name, size in self.stages.items())
+        return listed if self.at_once else f"the largest of {listed}"
 
 
-def working_memory(window_seconds: float, melody: bool, mbd: bool, device: str, streams: int = 0) -> WorkingMemory:
+def working_memory(window_seconds: float, melody: bool, mbd: bool, device: str, predictions: int) -> WorkingMemory:
     """What conditioning (T5, and htdemucs for a melody model), the codec's decode of a whole
-    window, MBD (where the checkpoint can use it) and, on a GPU, `streams` cuBLAS workspaces
-    need, all at once: the largest request's other stages, beside one request in each other one."""
+    window, MBD (where the checkpoint can use it) and, on a GPU, a cuBLAS workspace per stream
+    (the loop's, the capture's, each prediction's) need, for `predictions` run at once. Each
+    stage runs one request at a time (locks: conditioning, codec, MBD), so several predictions
+    hold at most one of each at once."""
     stages = {"conditioning": TEXT_ENCODER + (STEMS if melody else 0)}
     stages["codec"] = CODEC_BASE + int(CODEC_PER_SECOND * window_seconds)
     if mbd:
         stages["MultiBand Diffusion"] = MBD
     if device == "cuda":
-        stages["cuBLAS workspaces"] = CUBLAS_WORKSPACE * streams
-    return WorkingMemory(stages)
+        stages["cuBLAS workspaces"] = CUBLAS_WORKSPACE * (predictions + 2)
+    return WorkingMemory(stages, at_once=predictions > 1)
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,8 @@ def plan_slots(limit: int, per_slot: int, working: WorkingMemory, free: int, dev
             f"not enough {device.upper()} memory for one request: a slot of the KV cache takes "
             f"{gigabytes(per_slot)} and the other stages {gigabytes(working.total)} at once "
             f"({working.describe()}), {gigabytes(needed)} in all, but {gigabytes(free)} is free after loading "
-            "the model. Use a device with more memory, or free some."
+            "the model. Use a device with more memory, free some, or serve one prediction at a time "
+            "(COG_MAX_CONCURRENCY=1: its stages take turns, so only the largest one's memory is kept)."
         )
     return SlotPlan(min(limit, fit), limit, per_slot, free, working, device)
 
