@@ -127,6 +127,8 @@ class DecodingLoop:
                         with self.autocast():  # as the steps run: graphs keep the autocast they were captured with
                             self.steps.capture_pending()
                     self._take_incoming(block=idle and not self._waiting)
+                    if idle:  # nobody waited on the loop until now: a stall is counted from here
+                        self.last_progress = time.monotonic()
                     self._drop_cancelled()
                     if not self._idle_calls:
                         self._admit()

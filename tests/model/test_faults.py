@@ -160,3 +160,26 @@ def test_health_fails_for_a_loop_stuck_on_a_step_and_recovers_when_it_moves(mode
 def test_health_fails_when_the_loop_is_gone(model):
     model.loop.close()
     assert not model.healthy()
+
+
+def test_a_loop_idle_for_long_is_not_taken_for_a_stuck_one_when_work_arrives(model, monkeypatch):
+    """The stall is counted from when a window arrives, not from the loop's last step an hour ago."""
+    monkeypatch.setitem(loading.STALLED_AFTER, "cpu", 30.0)
+    model.loop.last_progress -= 3600  # an hour without a request
+    decoder, joining, release = model.loop.decoder, threading.Event(), threading.Event()
+    prefill = decoder.prefill
+
+    def slow_prefill(window):
+        joining.set()
+        release.wait(timeout=60)
+        return prefill(window)
+
+    monkeypatch.setattr(decoder, "prefill", slow_prefill)
+    thread = threading.Thread(target=tokens, args=(model, 1, request(1)))
+    thread.start()
+    joining.wait(timeout=60)
+    try:
+        assert 0 < model.loop.stalled_for() < 30 and model.healthy()
+    finally:
+        release.set()
+        thread.join()
