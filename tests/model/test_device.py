@@ -46,3 +46,11 @@ def test_the_setting_is_checked(monkeypatch):
     monkeypatch.setenv(DEVICE_ENV, "tpu")
     with pytest.raises(ValueError, match="MUSICGEN_DEVICE must be one of 'auto', 'cuda', 'cpu', got 'tpu'"):
         choose_device()
+
+
+def test_the_image_expects_a_gpu():
+    import yaml
+
+    from tests.conftest import ROOT
+
+    assert "MUSICGEN_DEVICE=cuda" in yaml.safe_load((ROOT / "cog.yaml").read_text())["environment"]
