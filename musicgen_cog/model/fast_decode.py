@@ -139,13 +139,19 @@ class SlotDecoder:
 
     @torch.no_grad()
     def _forward(
-        self, sequence: torch.Tensor, caches: Caches, position: int | torch.Tensor, length: int = 0
+        self,
+        sequence: torch.Tensor,
+        caches: Caches,
+        position: int | torch.Tensor,
+        length: int = 0,
+        busy: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         """One step, logits [B, K, 1, card]. An int position attends to the filled part of the cache
         (exactly audiocraft's numbers); per-row positions (a tensor [B]: the batched step, the B rows
         being the first B of `caches`) run shapes that never depend on the positions (graphable):
         each row attends to its own filled length (`attention.rowwise_attention`; `length` bounds
-        the CPU's fold), or, with MUSICGEN_ATTENTION=sdpa, every row to `length` under a mask."""
+        the CPU's fold), or, with MUSICGEN_ATTENTION=sdpa, every row to `length` under a mask.
+        `busy`: the slots holding a request, when the host knows them (a CPU's eager step)."""
         lm, transformer = self.lm, self.lm.transformer
         x = sum([lm.emb[k](sequence[:, k]) for k in range(lm.num_codebooks)])
         batch = x.shape[0]
@@ -158,7 +164,7 @@ class SlotDecoder:
         x = x + transformer.positional_scale * create_sin_embedding(
             positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype
         )
-        apply = self._per_pair if isinstance(position, torch.Tensor) else _whole
+        apply = partial(self._per_pair, busy=busy) if isinstance(position, torch.Tensor) else _whole
         for layer, (keys, values) in zip(transformer.layers, caches, strict=True):
             attn = layer.self_attn
             projected = apply(partial(_projections, layer), x)
@@ -182,14 +188,24 @@ class SlotDecoder:
         return apply(partial(_logits, lm), x)
 
     @staticmethod
-    def _per_pair(function: tp.Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _per_pair(
+        function: tp.Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, busy: tuple[int, ...] | None
+    ) -> torch.Tensor:
         """`function` (matrix products) over the rows of `x`: on a GPU as one product of every row;
         on a CPU one product per CFG pair, each from a fresh buffer. MKL computes a row of a product
         by its place in it (rows 4-5 of a 6-row product differ from rows 0-1, seen with 2 threads)
-        and may by its alignment: per pair, a slot's rows get the same arithmetic in any slot."""
+        and may by its alignment: per pair, a slot's rows get the same arithmetic in any slot. Of
+        the `busy` slots only, when given (a CPU pays for every row it multiplies): free slots'
+        rows are zeros, which nothing reads."""
         if x.is_cuda or x.shape[0] <= 2:
             return function(x)
-        return torch.cat([function(pair.clone()) for pair in x.split(2)])
+        slots = range(x.shape[0] // 2) if busy is None else busy
+        products = {slot: function(x[2 * slot : 2 * slot + 2].clone()) for slot in slots}
+        first = next(iter(products.values()))
+        rows = first.new_zeros((x.shape[0], *first.shape[1:]))
+        for slot, product in products.items():
+            rows[2 * slot : 2 * slot + 2] = product
+        return rows
 
 
 def _whole(function: tp.Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

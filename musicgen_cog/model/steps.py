@@ -200,7 +200,7 @@ class BatchedSteps:
         else:  # no graph for it yet, and windows decode: eagerly now, captured when the loop is idle
             if self.graphs_enabled:
                 self.pending.add(span)
-            self._run_step(span)
+            self._run_step(span, tuple(sorted(w.slot for w in windows)))
         self.streams.throttle(LOOKAHEAD)
         for window in windows:
             window.position += 1
@@ -286,9 +286,11 @@ class BatchedSteps:
             self.state = SlotState.empty(self.decoder.slots, lm.num_codebooks, self.sequence_length, device)
         return self.state
 
-    def _run_step(self, span: int) -> None:
+    def _run_step(self, span: int, busy: tuple[int, ...] | None = None) -> None:
+        """The step, eagerly or compiled; `busy`: the slots in use, known to an eager step only (a
+        graph or a compiled step runs every slot's rows)."""
         if self._compiled is None:
-            self._decode_step(span)
+            self._decode_step(span, busy)
             return
         assert self.state is not None
         device = self.state.tokens.device.type
@@ -300,13 +302,13 @@ class BatchedSteps:
             self._compiled = None
             self._decode_step(span)
 
-    def _decode_step(self, span: int) -> None:
+    def _decode_step(self, span: int, busy: tuple[int, ...] | None = None) -> None:
         """The step a graph captures: the logits of every slot's rows over `span` cache positions,
         then their next tokens chosen and written, the busy rows' positions and every offset advanced."""
         assert self.state is not None
         state, decoder = self.state, self.decoder
         # the whole caches: rows are written by index (torch.compile would copy a sliced cache)
-        logits = decoder._forward(state.tokens, decoder.caches, state.positions, span)[:, :, 0]
+        logits = decoder._forward(state.tokens, decoder.caches, state.positions, span, busy)[:, :, 0]
         self._choose(state, logits)
         state.positions.add_(state.advancing).clamp_(max=decoder.cache_length() - 1)
 

@@ -172,15 +172,16 @@ def test_every_step_runs_every_slots_rows_and_free_slots_stay_at_position_zero(t
     batched, decoder, seen = model.loop.steps, model.loop.decoder, []
     forward = decoder._forward
 
-    def recorded(sequence, caches, positions, span):
-        seen.append((sequence.shape[0], positions.tolist()))
-        return forward(sequence, caches, positions, span)
+    def recorded(sequence, caches, positions, span, busy):
+        seen.append((sequence.shape[0], positions.tolist(), busy))
+        return forward(sequence, caches, positions, span, busy)
 
     monkeypatch.setattr(decoder, "_forward", recorded)
     tokens(model, 1, request(1))
     assert len(seen) == decoding_steps(model.musicgen, 1) - 1  # every step but the first (the prefill's)
-    assert all(rows == 6 and positions[2:] == [0, 0, 0, 0] for rows, positions in seen)
-    assert [positions[0] for _, positions in seen] == list(range(seen[0][1][0], seen[0][1][0] + len(seen)))
+    # every row, busy or free; on a CPU only the busy slot's rows are multiplied (slot 0)
+    assert all(rows == 6 and positions[2:] == [0, 0, 0, 0] and busy == (0,) for rows, positions, busy in seen)
+    assert [positions[0] for _, positions, _ in seen] == list(range(seen[0][1][0], seen[0][1][0] + len(seen)))
     assert batched.state is not None and batched.state.positions.tolist() == [0] * 6  # it left: rows back at 0
 
 
