@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from musicgen_cog.model.memory import working_memory
+from musicgen_cog.model.memory import prefill_bytes, working_memory
 from tests.cog_server import CogServer
 from tests.fault_injection import FREE_MEMORY_ENV
 from tests.helpers import data_uri, write_tone
@@ -22,9 +22,9 @@ from tests.test_concurrency import at_once, decoded
 pytestmark = pytest.mark.slow  # servers of their own
 STUB = {"COG_PREDICT_TYPE_STUB": "tests/fault_injection.py:Predictor"}
 # the CPU's working memory for the other stages, and 2.5 tiny slots (2 rows x 2 layers x 2,304 x 32 fp32 + 4 MiB)
-FREE = working_memory(30.0, melody=True, mbd=True, device="cpu", predictions=8).total + int(
-    2.5 * (2 * 2 * 2 * 2304 * 32 * 4 + 4 * 2**20)
-)
+TINY_SLOT = 2 * 2 * 2 * 2304 * 32 * 4
+FREE = working_memory(30.0, melody=True, mbd=True, device="cpu", predictions=4, prefill=prefill_bytes(TINY_SLOT)).total
+FREE += int(2.5 * (TINY_SLOT + 4 * 2**20))
 GOOD: list[dict[str, Any]] = [{"prompt": "good one", "duration": 1}, {"prompt": "good two", "duration": 2}]
 
 

@@ -86,7 +86,8 @@ class DecodingLoop:
 
     def stalled_for(self) -> float:
         """Seconds since the loop last made progress while windows wait on it (0 when idle)."""
-        return time.monotonic() - self.last_progress if self._active or self._waiting else 0.0
+        waited_on = self._active or self._waiting or not self._incoming.empty()
+        return time.monotonic() - self.last_progress if waited_on else 0.0
 
     def submit(self, window: Window) -> Future:
         """Queue `window`; the future gives its filled sequence, or the reason it failed."""
@@ -136,15 +137,19 @@ class DecodingLoop:
                         with self.autocast():
                             self._step()
                 except Exception as exc:  # a fault of the loop itself: fail what it holds, never hang a request
-                    if is_sticky(exc):
+                    if is_sticky(exc, self._device):
                         self._device_failed(exc)
                         break
                     log.exception("the decoding loop failed")
                     for window in self._active + self._waiting:
                         self._leave(window, exc)
+        self._closed = True  # refuse what comes from now on; answer what came
         reason = self.health.error() if not self.health.ok else RuntimeError("the decoding loop was closed")
+        self._take_incoming(block=False, perform=False)
         for window in self._active + self._waiting:
             self._leave(window, reason)
+        for call in self._idle_calls:
+            call.done.set_exception(reason)
         self.steps.release()
 
     def _device_failed(self, exc: BaseException) -> None:
@@ -154,30 +159,33 @@ class DecodingLoop:
             self._leave(window, failure)
         self._closed = True
 
-    def _take_incoming(self, block: bool) -> None:
+    def _take_incoming(self, block: bool, perform: bool = True) -> None:
+        """Take what was handed in: windows wait for a slot, calls run (or, `when_idle`, wait for
+        the loop to be idle; without `perform`, every call waits)."""
         taken = [self._incoming.get()] if block else []
         while True:
             try:
                 taken.append(self._incoming.get_nowait())
             except queue.Empty:
                 break
-        self._closed = None in taken
+        self._closed = self._closed or None in taken
         for item in taken:
             if isinstance(item, Window):
                 self._waiting.append(item)
-            elif isinstance(item, _Call) and item.when_idle:
+            elif isinstance(item, _Call) and (item.when_idle or not perform):
                 self._idle_calls.append(item)
             elif isinstance(item, _Call):
                 self._perform(item)
 
     def _perform(self, call: _Call) -> None:
+        """Run a call; its error goes to its caller (a sticky one also to `health`, which stops the loop)."""
         try:
             with self.autocast():
                 call.done.set_result(call.work())
         except Exception as exc:
             call.done.set_exception(exc)
-            if is_sticky(exc):
-                raise
+            if is_sticky(exc, self._device):
+                self.health.failed(exc)
 
     def _drop_cancelled(self) -> None:
         for window in [w for w in self._waiting + self._active if w.cancelled.is_set()]:
@@ -189,7 +197,13 @@ class DecodingLoop:
         the slot free."""
         result = None
         if error is None:
-            result = self.steps.result(window)
+            try:
+                result = self.steps.result(window)
+            except Exception as exc:  # its copy out of the slot: it fails alone
+                if not is_out_of_memory(exc):
+                    raise
+                release_cached_memory(self._device)
+                error = out_of_memory("handing back its tokens", self._device)
             window.result_ready = self.streams.mark()  # the request's stream waits for this before reading
         if window in self._active:
             self.steps.vacate(window)
@@ -215,7 +229,7 @@ class DecodingLoop:
                 with self.autocast():  # sampling too: audiocraft samples under autocast
                     self.steps.admit(window)
             except Exception as exc:  # this request's prefix or numbers: it fails alone
-                if is_sticky(exc):
+                if is_sticky(exc, self._device):
                     raise
                 if is_out_of_memory(exc):
                     release_cached_memory(self._device)
@@ -232,7 +246,7 @@ class DecodingLoop:
         try:
             failed = self._step_once(windows)
         except Exception as exc:  # the shared step itself: every window in it has failed
-            if is_sticky(exc):
+            if is_sticky(exc, self._device):
                 raise
             log.exception("a decoding step failed")
             for window in windows:
@@ -240,6 +254,8 @@ class DecodingLoop:
             return
         self.last_progress = time.monotonic()
         for window, error in failed.items():
+            if is_sticky(error, self._device):
+                raise error
             log.error("a request failed while sampling", exc_info=error)
             self._leave(window, out_of_memory("sampling", self._device) if is_out_of_memory(error) else error)
         for window in [w for w in self._active if w.finished]:
@@ -253,6 +269,8 @@ class DecodingLoop:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
+            if not self.steps.retry_safe:
+                raise out_of_memory("decoding", self._device) from exc
         release_cached_memory(self._device)
         log.warning("a decoding step ran out of memory; trying it once more")
         try:

@@ -4,9 +4,12 @@ server that says it is broken so that its platform replaces it.
 - Out of memory (`torch.OutOfMemoryError`; on a CPU the allocator's RuntimeError or MemoryError)
   in any stage of a request fails that request alone, naming the stage, after handing the
   allocator's cached blocks back; the server goes on.
-- A sticky device error (`torch.AcceleratorError`: an illegal address, a lost device) leaves
-  the CUDA context unusable: `DeviceHealth` remembers it, the decoding loop stops, every request
-  fails with it, and the predictor's `healthcheck()` answers False (Cog: UNHEALTHY).
+- A sticky device error (an illegal address, a device-side assert, an uncorrectable ECC error: the
+  CUDA context is unusable) is told from the other `torch.AcceleratorError`s (since torch 2.8
+  every failed CUDA call raises one; a capture that cannot run is not sticky) by its CUDA error
+  code, else its text, else by whether the device still runs a kernel. `DeviceHealth` remembers
+  it, the decoding loop stops, every request fails with it, and the predictor's `healthcheck()`
+  answers False (Cog: UNHEALTHY).
 """
 
 from __future__ import annotations
@@ -20,6 +23,20 @@ import torch
 
 log = logging.getLogger(__name__)
 CPU_ALLOCATION_FAILED = "can't allocate memory"  # torch's DefaultCPUAllocator, in its RuntimeError
+# cudaError_t values after which the context is unusable (the CUDA runtime API's "sticky" errors)
+STICKY_CUDA_ERRORS = {214, 700, 710, 714, 715, 716, 717, 718, 719}
+STICKY_TEXTS = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "uncorrectable ECC",
+    "hardware stack error",
+    "invalid program counter",
+)
+# set while the decoding loop captures a CUDA graph: the caching allocator must not be emptied then
+CAPTURING = threading.Event()
 
 
 class OutOfMemory(RuntimeError):
@@ -36,13 +53,31 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def is_sticky(exc: BaseException) -> bool:
-    return isinstance(exc, torch.AcceleratorError)
+def is_sticky(exc: BaseException, device: str) -> bool:
+    """Whether `exc` left the device unusable: by its CUDA error code where torch attaches one,
+    else by its text, else by asking the device to run a kernel."""
+    if not isinstance(exc, torch.AcceleratorError):
+        return False
+    code = getattr(exc, "error_code", None)
+    if isinstance(code, int):
+        return code in STICKY_CUDA_ERRORS
+    return any(text in str(exc) for text in STICKY_TEXTS) or not device_answers(device)
+
+
+def device_answers(device: str) -> bool:
+    """Whether `device` still runs a kernel and hands back its result."""
+    try:
+        return bool(torch.ones(1, device=device).add_(1).item() == 2)
+    except torch.OutOfMemoryError:
+        return True  # full, but answering
+    except RuntimeError:
+        return False
 
 
 def release_cached_memory(device: str) -> None:
-    """Hand the caching allocator's free blocks back to the device, so the next request can use them."""
-    if device == "cuda":
+    """Hand the caching allocator's free blocks back to the device, so the next request can use
+    them (not while the loop captures a graph: the allocator's pools are being recorded)."""
+    if device == "cuda" and not CAPTURING.is_set():
         torch.cuda.empty_cache()
 
 
@@ -90,6 +125,6 @@ class DeviceHealth:
             if is_out_of_memory(exc):
                 release_cached_memory(device)
                 raise out_of_memory(what, device) from exc
-            if is_sticky(exc):
+            if is_sticky(exc, device):
                 raise self.failed(exc) from exc
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,8 +51,9 @@ class GenerationRequest:
 
 def generate(model: LoadedModel, request: GenerationRequest, randomness: RequestRandomness) -> torch.Tensor:
     """Generate audio [channels, samples] at `model.musicgen.sample_rate` for `request`, on this
-    thread's own CUDA stream; out of memory in any stage fails it alone (faults.py)."""
-    with model.streams.request(), torch.no_grad():
+    thread's own CUDA stream; out of memory in any stage fails it alone, a sticky device error
+    anywhere (it may surface at any later sync) marks the device failed (faults.py)."""
+    with model.streams.request(), torch.no_grad(), model.health.stage("generating", model.device):
         tokens = generate_tokens(model, request, randomness)
         _stop_if_cancelled(request)
         if request.multi_band_diffusion:
@@ -85,7 +87,8 @@ def generate_tokens(model: LoadedModel, request: GenerationRequest, randomness: 
             total += clip.seconds
             log.info("generating %.2f s continuing %.2f s of input_audio", request.duration, clip.seconds)
             prompt = convert_audio(clip.samples[None], clip.sample_rate, musicgen.sample_rate, musicgen.audio_channels)
-            attributes, prompt_tokens = musicgen._prepare_tokens_and_attributes(descriptions, prompt)
+            with model.codec_lock:  # the codec's encoder: one request at a time, as its decoder
+                attributes, prompt_tokens = musicgen._prepare_tokens_and_attributes(descriptions, prompt)
         elif request.melody is not None:
             melody = _melody_used(request.melody, total, musicgen.max_duration)
             log.info("separating melody stems (htdemucs) and generating %.2f s", total)
@@ -98,7 +101,7 @@ def generate_tokens(model: LoadedModel, request: GenerationRequest, randomness: 
     progress = StepProgress(planned_steps(musicgen, total, prompt_frames, EXTEND_STRIDE))
     with torch.no_grad():
         tokens = _Decoding(model, request, attributes, randomness, progress).tokens(prompt_tokens, total)
-    request.times.add("decoding", progress.finish())
+    progress.finish()
     request.times.steps += progress.done
     return tokens
 
@@ -190,8 +193,9 @@ class _Decoding:
                 if not loop.alive:
                     raise RuntimeError("the decoding loop stopped") from None
         self.progress.report()
-        if window.admitted_at is not None:
+        if window.admitted_at is not None:  # decoding: from its slot to its last token, window by window
             self.request.times.add("slot_wait", window.admitted_at - window.submitted_at)
+            self.request.times.add("decoding", time.monotonic() - window.admitted_at)
         self.model.streams.wait(window.result_ready)  # written on the loop's stream
         self.model.streams.keep_alive([filled])
         codes, _, _ = pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)
@@ -219,6 +223,7 @@ class _Decoding:
             held.enter_context(self.randomness.python_random())
             held.enter_context(self.randomness.torch_default())
             held.enter_context(model.musicgen.autocast)
+            held.enter_context(request.times.measure("decoding"))
             return model.musicgen.lm.generate(
                 prompt,
                 self.attributes,

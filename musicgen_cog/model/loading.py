@@ -30,8 +30,8 @@ from ..weights.checkpoints import CheckpointError, load_checkpoint
 from .decoding_loop import DecodingLoop
 from .device import choose_device
 from .fast_decode import kv_bytes_per_slot
-from .faults import DeviceHealth
-from .memory import SlotPlan, free_memory, plan_slots, working_memory
+from .faults import DeviceHealth, device_answers
+from .memory import SlotPlan, free_memory, plan_slots, prefill_bytes, working_memory
 from .steps import audiocrafts_loop_reason, cache_positions, steps_for
 from .streams import NoStreams, streams_for
 
@@ -108,12 +108,8 @@ class LoadedModel:
             return False
         if self.loop is not None and (not self.loop.alive or self.loop.stalled_for() > STALLED_AFTER[self.device]):
             return False
-        try:
-            with self.streams.request():  # its own stream: never behind a request's work
-                return bool(torch.ones(1, device=self.musicgen.device).add_(1).item() == 2)
-        except Exception as exc:  # a device that cannot run one kernel
-            self.health.failed(exc)
-            return False
+        with self.streams.health():  # its own stream: never behind a request's work
+            return device_answers(self.device)
 
     def mbd(self) -> MultiBandDiffusion:
         """The MBD decoder, loaded on first use so that a cold boot does not pay for it."""
@@ -187,7 +183,8 @@ def plan_memory(model: LoadedModel, limit: int) -> SlotPlan:
     """The slots of `limit` that fit beside the working memory of the other stages (memory.py)."""
     musicgen, device = model.musicgen, model.device
     per_slot = kv_bytes_per_slot(musicgen.lm, cache_positions(musicgen), model.cache_dtype())
-    working = working_memory(musicgen.max_duration, model.supports_melody, model.supports_mbd, device, limit)
+    prefill = prefill_bytes(per_slot)
+    working = working_memory(musicgen.max_duration, model.supports_melody, model.supports_mbd, device, limit, prefill)
     return plan_slots(limit, per_slot, working, free_memory(device), device)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,29 +46,41 @@ class WorkingMemory:
 
     stages: dict[str, int]
     at_once: bool = True
+    beside: dict[str, int] = field(default_factory=dict)  # held whatever runs (cuBLAS workspaces)
 
     @property
     def total(self) -> int:
-        return sum(self.stages.values()) if self.at_once else max(self.stages.values())
+        held = sum(self.stages.values()) if self.at_once else max(self.stages.values())
+        return held + sum(self.beside.values())
 
     def describe(self) -> str:
         listed = ", ".join(f"{name} {gigabytes(size)}" for name, size in self.stages.items())
-        return listed if self.at_once else f"the largest of {listed}"
+        beside = "".join(f", and {name} {gigabytes(size)}" for name, size in self.beside.items())
+        return (listed if self.at_once else f"the largest of {listed}") + beside
 
 
-def working_memory(window_seconds: float, melody: bool, mbd: bool, device: str, predictions: int) -> WorkingMemory:
-    """What conditioning (T5, and htdemucs for a melody model), the codec's decode of a whole
-    window, MBD (where the checkpoint can use it) and, on a GPU, a cuBLAS workspace per stream
-    (the loop's, the capture's, each prediction's) need, for `predictions` run at once. Each
-    stage runs one request at a time (locks: conditioning, codec, MBD), so several predictions
-    hold at most one of each at once."""
-    stages = {"conditioning": TEXT_ENCODER + (STEMS if melody else 0)}
+def working_memory(
+    window_seconds: float, melody: bool, mbd: bool, device: str, predictions: int, prefill: int
+) -> WorkingMemory:
+    """What conditioning (T5, and htdemucs for a melody model), a window's prefill (`prefill`
+    bytes), the codec's decode of a whole window, MBD (where the checkpoint can use it) and, on a
+    GPU, a cuBLAS workspace per stream (the loop's, the health check's, each prediction's) need,
+    for `predictions` run at once. Each stage serves one request at a time (the conditioning,
+    codec and MBD locks; the loop's single thread), so several predictions hold at most one of
+    each at once."""
+    stages = {"conditioning": TEXT_ENCODER + (STEMS if melody else 0), "prefill": prefill}
     stages["codec"] = CODEC_BASE + int(CODEC_PER_SECOND * window_seconds)
     if mbd:
         stages["MultiBand Diffusion"] = MBD
-    if device == "cuda":
-        stages["cuBLAS workspaces"] = CUBLAS_WORKSPACE * (predictions + 2)
-    return WorkingMemory(stages, at_once=predictions > 1)
+    beside = {"cuBLAS workspaces": CUBLAS_WORKSPACE * (predictions + 2)} if device == "cuda" else {}
+    return WorkingMemory(stages, at_once=predictions > 1, beside=beside)
+
+
+def prefill_bytes(kv_per_slot: int) -> int:
+    """A prefill's peak: audiocraft's streaming forward keeps every layer's query, key and value
+    projections of the whole prefix (keys and values are views of them) until they are copied
+    into the slot: half as much again as the slot's keys and values, for a prefix as long."""
+    return kv_per_slot * 3 // 2
 
 
 @dataclass(frozen=True)

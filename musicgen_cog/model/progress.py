@@ -69,9 +69,8 @@ class StepProgress:
                 done / max(now - self.started, 1e-9),
             )
 
-    def finish(self) -> float:
-        """Log the steps actually decoded and the overall rate; the seconds from the first step."""
+    def finish(self) -> None:
+        """Log the steps actually decoded and the overall rate."""
         self.report()
         elapsed = time.monotonic() - (self.started or time.monotonic())
         log.info("decoded %d steps in %.1f s (%.1f steps/s)", self.done, elapsed, self.done / max(elapsed, 1e-9))
-        return elapsed

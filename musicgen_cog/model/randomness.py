@@ -54,11 +54,16 @@ class RequestRandomness:
 
 
 @contextmanager
-def holding_default_generators() -> Iterator[None]:
+def holding_default_generators(blocking: bool = True) -> Iterator[bool]:
     """No request draws from torch's default generators inside the block (a CUDA graph capture
-    registers them, and a draw from another thread meanwhile would fail it)."""
-    with _TORCH_DEFAULT:
-        yield
+    registers them, and a draw from another thread meanwhile would fail it). Gives whether it
+    holds them: not blocking, it may not (MBD draws from them for seconds)."""
+    held = _TORCH_DEFAULT.acquire(blocking=blocking)
+    try:
+        yield held
+    finally:
+        if held:
+            _TORCH_DEFAULT.release()
 
 
 def _default_generator(device: torch.device) -> torch.Generator:

@@ -27,7 +27,7 @@ import torch
 from .attention import attention_choice
 from .conditions import longest_prefix
 from .fast_decode import KV_BUCKET, SlotDecoder, unsupported_reason
-from .faults import is_out_of_memory, is_sticky, release_cached_memory
+from .faults import CAPTURING, is_out_of_memory, is_sticky, release_cached_memory
 from .randomness import holding_default_generators
 from .sampling import RowSampling, guided, guided_rows, sample, sample_rows
 from .streams import NoStreams
@@ -83,6 +83,11 @@ class PerSlotSteps:
 
     def capture_pending(self) -> None:
         """Nothing to capture: a CPU's steps run eagerly."""
+
+    @property
+    def retry_safe(self) -> bool:
+        """A step that ran out of memory can run again: its state is written after its logits."""
+        return True
 
     def _sample_into(self, window: Window, pair: torch.Tensor) -> None:
         tokens = sample(guided(pair, window.sampling.cfg_coef), window.sampling, window.generator)
@@ -247,23 +252,28 @@ class BatchedSteps:
     def capture_pending(self) -> None:
         """Capture the spans met without a graph. Called only when no window decodes (a capture
         synchronises the device), holding the default generators' lock (a capture registers them:
-        another thread's draw meanwhile would fail it). Out of memory: tried again next time."""
+        another thread's draw meanwhile would fail it); if MBD holds it, next time. Out of memory:
+        tried again next time; any other failure: graphs off, the step runs eagerly."""
         if not self.pending or self.state is None:
             return
-        state = self.state
-        with holding_default_generators():
+        state, device = self.state, self.state.tokens.device.type
+        with holding_default_generators(blocking=False) as held:
+            if not held:
+                return
             for span in sorted(self.pending):
-                saved = [tensor.clone() for tensor in state.tensors()]  # capture's warm-up runs advance the state
+                saved: list[torch.Tensor] = []
+                CAPTURING.set()
                 try:
-                    self.graphs[span] = CudaGraphStep(
-                        partial(self._run_step, span), state.tokens.device.type, self._pool, self.streams.capture()
-                    )
+                    saved = [tensor.clone() for tensor in state.tensors()]  # capture's warm-up runs advance the state
+                    step = partial(self._run_step, span)
+                    self.graphs[span] = CudaGraphStep(step, device, self._pool, self.streams.capture())
                     self.pending.discard(span)
-                except RuntimeError as exc:
-                    if is_sticky(exc):
+                except Exception as exc:
+                    CAPTURING.clear()
+                    if is_sticky(exc, device):
                         raise
                     if is_out_of_memory(exc):
-                        release_cached_memory(state.tokens.device.type)
+                        release_cached_memory(device)
                         log.warning("CUDA graph capture ran out of memory; decoding eagerly, capturing later")
                         return
                     # a driver or kernel that cannot be captured: stay correct, run eagerly
@@ -272,8 +282,15 @@ class BatchedSteps:
                     self.pending.clear()
                     return
                 finally:
-                    for tensor, before in zip(state.tensors(), saved, strict=True):
+                    CAPTURING.clear()
+                    for tensor, before in zip(state.tensors(), saved, strict=False):
                         tensor.copy_(before)
+
+    @property
+    def retry_safe(self) -> bool:
+        """A step that ran out of memory can run again: the eager step writes its state after its
+        last allocation (a compiled one may not: Inductor orders the writes)."""
+        return self._compiled is None
 
     def release(self) -> None:
         self.graphs.clear()
@@ -349,15 +366,15 @@ class CudaGraphStep:
             self._capture(step, stream)
 
     def _capture(self, step: Callable[[], None], stream: tp.Any) -> None:
-        stream.wait_stream(torch.cuda.current_stream())
+        """Two warm-up runs (cuBLAS workspaces, Triton's kernels), then the capture, all on
+        `stream`: the loop's own, which only the loop's thread uses, idle meanwhile."""
         with torch.cuda.stream(stream):
             for _ in range(2):
                 step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: requests' threads keep running their own CUDA work (T5, stems, codec) meanwhile
-        with torch.cuda.graph(self.graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"):
-            step()
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: requests' threads keep running their own CUDA work (T5, stems, codec) meanwhile
+            with torch.cuda.graph(self.graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"):
+                step()
 
     def replay(self) -> None:
         self.graph.replay()

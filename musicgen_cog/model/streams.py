@@ -3,7 +3,9 @@
 On one stream a decode step queued after another request's MultiBand Diffusion would wait for
 all of it. So the decoding loop runs on a stream of its own, at high priority, and each request
 thread on one of its own (one per thread, reused: cuBLAS keeps a workspace per stream), at
-normal priority. What one stream hands another is ordered by an event and kept alive for the
+normal priority. torch hands streams out of a pool of 32 per priority, in turn: past about 30
+prediction threads two may share one, which orders their work but never breaks it; only the
+loop has a high-priority stream. What one stream hands another is ordered by an event and kept alive for the
 stream that reads it (`record_stream`): a window's tensors before its admission reads them, a
 finished window's tokens before its request reads them. On a CPU every call here does nothing.
 """
@@ -31,8 +33,12 @@ class NoStreams:
         return contextlib.nullcontext()
 
     def capture(self) -> Any:
-        """The one stream every CUDA graph capture runs on."""
+        """The stream every CUDA graph capture runs on (the loop's: captures run on its thread)."""
         return None
+
+    def health(self) -> contextlib.AbstractContextManager:
+        """Enter the stream of health checks: one of their own, never behind a request's work."""
+        return contextlib.nullcontext()
 
     def mark(self) -> Any:
         """An event at this point of the current stream, for another stream to wait on."""
@@ -55,7 +61,7 @@ class CudaStreams(NoStreams):
         self.device = torch.device(device)
         _, highest = torch.cuda.Stream.priority_range()  # type: ignore[call-arg]  # static; numerically lowest
         self._loop = torch.cuda.Stream(self.device, priority=highest)
-        self._capture = torch.cuda.Stream(self.device)
+        self._health = torch.cuda.Stream(self.device)
         self._per_thread = threading.local()
         self._ring: deque[torch.cuda.Event] = deque()
         self._spare: list[torch.cuda.Event] = []
@@ -70,7 +76,10 @@ class CudaStreams(NoStreams):
         return torch.cuda.stream(stream)
 
     def capture(self) -> torch.cuda.Stream:
-        return self._capture
+        return self._loop
+
+    def health(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.stream(self._health)
 
     def mark(self) -> torch.cuda.Event:
         event = torch.cuda.Event(blocking=True)

@@ -9,14 +9,14 @@ import threading
 import pytest
 import torch
 
-from musicgen_cog.model import loading
+from musicgen_cog.model import faults, loading, randomness
 from musicgen_cog.model.faults import DeviceFailed, OutOfMemory
 from musicgen_cog.model.generation import GenerationRequest, generate
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
 from musicgen_cog.model.warm_up import warm_up
-from tests.model.test_decoding_loop import request, together, tokens, wait_until
+from tests.model.test_decoding_loop import after_idle, request, together, tokens, wait_until
 
 ILLEGAL_ADDRESS = "CUDA error: an illegal memory access was encountered"
 
@@ -183,3 +183,112 @@ def test_a_loop_idle_for_long_is_not_taken_for_a_stuck_one_when_work_arrives(mod
     finally:
         release.set()
         thread.join()
+
+
+class CudaError(torch.AcceleratorError):
+    """An AcceleratorError as torch raises it from a failed CUDA call, with its error code."""
+
+    def __init__(self, message: str, error_code: int | None = None):
+        super().__init__(message)
+        if error_code is not None:
+            self.error_code = error_code
+
+
+@pytest.mark.parametrize(
+    "error, answers, sticky",
+    [
+        (CudaError("CUDA error: an illegal memory access was encountered", 700), True, True),
+        (CudaError("CUDA error: operation not permitted when stream is capturing", 900), True, False),
+        (CudaError("CUDA error: invalid configuration argument", 9), False, False),  # the code decides
+        (CudaError("CUDA error: device-side assert triggered"), True, True),  # no code: the text
+        (CudaError("CUDA error: something new"), True, False),  # no code, no known text: the device answers
+        (CudaError("CUDA error: something new"), False, True),  # ... or does not
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), False, False),  # not a device's
+    ],
+)
+def test_only_errors_that_leave_the_device_unusable_are_sticky(error, answers, sticky, monkeypatch):
+    """Since torch 2.8 every failed CUDA call raises AcceleratorError: a capture that cannot run,
+    a bad launch, are not the end of the device."""
+    monkeypatch.setattr(faults, "device_answers", lambda device: answers)
+    assert faults.is_sticky(error, "cuda") is sticky
+
+
+def test_a_device_that_is_full_still_answers(monkeypatch):
+    def full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch, "ones", full)
+    assert faults.device_answers("cpu")
+
+
+def test_a_health_check_that_fails_for_another_reason_does_not_mark_the_device_failed(model, monkeypatch):
+    monkeypatch.setattr(loading, "device_answers", lambda device: False)
+    assert not model.healthy() and model.health.ok
+    monkeypatch.undo()
+    assert model.healthy()
+
+
+def test_a_capture_that_fails_oddly_turns_graphs_off_and_the_loop_goes_on(graphed, replayed, monkeypatch, logs):
+    """Not only RuntimeErrors: whatever a capture raises (but a sticky error), decoding goes on eagerly."""
+    from musicgen_cog.model import steps as steps_module
+
+    def odd(*args):
+        raise TypeError("a capture gone wrong")
+
+    monkeypatch.setattr(steps_module, "CudaGraphStep", odd)
+    expected = tokens(graphed, 1, request(1))
+    after_idle(graphed)
+    assert not graphed.loop.steps.graphs_enabled and graphed.loop.alive
+    assert torch.equal(tokens(graphed, 1, request(1)), expected)
+
+
+def test_a_capture_waits_while_mbd_draws_from_the_default_generators(graphed, replayed):
+    """The capture must hold their lock; it does not wait for it (MBD holds it for seconds)."""
+    batched = graphed.loop.steps
+    tokens(graphed, 1, request(1))  # the cache is there, the graph captured once idle
+    after_idle(graphed)
+    batched.graphs.clear()  # as if that capture had run out of memory
+    batched.pending.add(graphed.loop.decoder.cache_length())
+    with randomness.holding_default_generators():  # as MBD does, in another request's thread
+        for _ in range(2):  # the second call runs after an idle pass that tried the capture
+            after_idle(graphed)
+        assert not batched.graphs and batched.pending
+    for _ in range(2):
+        after_idle(graphed)
+    assert batched.graphs and not batched.pending
+
+
+def test_a_window_whose_result_runs_out_of_memory_fails_alone(model, monkeypatch, admit_together):
+    steps = model.loop.steps
+    result = steps.result
+    marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
+
+    def short_of_memory(window):
+        if window.sampling == marked:
+            raise oom()
+        return result(window)
+
+    monkeypatch.setattr(steps, "result", short_of_memory)
+    admit_together(2)
+    failed, succeeded = together(model, [(1, request(1, top_k=7)), (2, request(1))])
+    assert isinstance(failed, OutOfMemory) and "while handing back its tokens" in str(failed)
+    assert isinstance(succeeded, torch.Tensor) and succeeded.shape[-1] == 50
+
+
+def test_a_closed_loop_answers_every_call_and_window_it_still_held(model):
+    """Nothing hangs on a loop that stops: a call waiting for it to be idle, or a window."""
+    loop, gate, started = model.loop, threading.Event(), threading.Event()
+
+    def blocking() -> None:
+        started.set()
+        gate.wait(timeout=60)
+
+    blocked = loop.call(blocking)
+    started.wait(timeout=60)
+    waiting = loop.call(lambda: None, when_idle=True)
+    loop._incoming.put(None)  # close, while the first call still runs
+    gate.set()
+    blocked.result(timeout=60)
+    with pytest.raises(RuntimeError, match="the decoding loop was closed"):
+        waiting.result(timeout=60)
+    assert not loop.alive or loop._thread.join(timeout=60) is None

@@ -106,3 +106,24 @@ def test_mbd_noise_continues_the_requests_own_stream(model, monkeypatch):
         generate(model, request, seed)
     assert torch.equal(torch.rand(3, device=device), outside)  # the global stream is left where it was
     assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
+
+
+def test_the_codec_serves_one_request_at_a_time_a_continuations_prompt_included(model, monkeypatch):
+    """The memory kept for the codec is one encode or decode's: its encoder for a continuation's
+    prompt and its decoder both run holding the codec's lock."""
+    held = []
+    musicgen = model.musicgen
+    prepare, decode = musicgen._prepare_tokens_and_attributes, musicgen.generate_audio
+
+    def preparing(descriptions, prompt, *melody):
+        held.append(("encode", prompt is not None, model.codec_lock.locked()))
+        return prepare(descriptions, prompt, *melody)
+
+    def decoding(tokens):
+        held.append(("decode", True, model.codec_lock.locked()))
+        return decode(tokens)
+
+    monkeypatch.setattr(musicgen, "_prepare_tokens_and_attributes", preparing)
+    monkeypatch.setattr(musicgen, "generate_audio", decoding)
+    generate(model, GenerationRequest(None, 1.0, SAMPLING, continue_from=clip(1.0)))
+    assert held == [("encode", True, True), ("decode", True, True)]

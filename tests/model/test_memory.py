@@ -14,7 +14,7 @@ import torch
 from musicgen_cog.model import memory
 from musicgen_cog.model.fast_decode import kv_bytes
 from musicgen_cog.model.loading import load_model, start_decoding_loop
-from musicgen_cog.model.memory import GIB, NotEnoughMemory, free_memory, plan_slots, working_memory
+from musicgen_cog.model.memory import GIB, NotEnoughMemory, free_memory, plan_slots, prefill_bytes, working_memory
 
 MELODY_POSITIONS = 512 + 235 + 1505  # the longest prefix (T5 bound, a 30 s window's chroma), then a window
 GPU_SLOT = kv_bytes(layers=48, dim=1536, positions=MELODY_POSITIONS, dtype=torch.float16)
@@ -22,16 +22,24 @@ CPU_SLOT = kv_bytes(layers=48, dim=1536, positions=MELODY_POSITIONS, dtype=torch
 RESIDENT_ON_A_GPU = int(4.2e9)  # CUDA context, fp16 LM, fp32 T5, htdemucs and EnCodec: computed
 
 
+def melody(device: str, predictions: int) -> memory.WorkingMemory:
+    """The other stages' working memory beside MusicGen-melody's slots."""
+    slot = GPU_SLOT if device == "cuda" else CPU_SLOT
+    return working_memory(
+        30.0, melody=True, mbd=True, device=device, predictions=predictions, prefill=prefill_bytes(slot)
+    )
+
+
 def test_a_melody_size_slot_takes_1_36_gb_in_fp16_and_twice_that_in_fp32():
     assert GPU_SLOT == 2 * 2 * 48 * 2304 * 1536 * 2 == 1_358_954_496
     assert CPU_SLOT == 2 * GPU_SLOT
 
 
-@pytest.mark.parametrize("card, slots", [(16, 3), (24, 8), (80, 8)])
+@pytest.mark.parametrize("card, slots", [(16, 2), (24, 8), (80, 8)])
 def test_the_slots_a_gpu_card_gets_for_the_default_limit_of_8(card, slots, monkeypatch):
     free = card * 10**9 - RESIDENT_ON_A_GPU
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *device: (free, card * 10**9))
-    working = working_memory(30.0, melody=True, mbd=True, device="cuda", predictions=8)
+    working = melody("cuda", 8)
     plan = plan_slots(8, GPU_SLOT, working, free_memory("cuda"), "cuda")
     assert plan.slots == slots
     assert plan.free == free and plan.working.total == working.total
@@ -39,10 +47,10 @@ def test_the_slots_a_gpu_card_gets_for_the_default_limit_of_8(card, slots, monke
 
 
 def test_an_80_gb_card_holds_far_more_than_8_slots_when_the_limit_allows():
-    working = working_memory(30.0, melody=True, mbd=True, device="cuda", predictions=32)
+    working = melody("cuda", 32)
     assert plan_slots(32, GPU_SLOT, working, 80 * 10**9 - RESIDENT_ON_A_GPU, "cuda").slots == 32
-    working = working_memory(30.0, melody=True, mbd=True, device="cuda", predictions=64)
-    assert plan_slots(64, GPU_SLOT, working, 80 * 10**9 - RESIDENT_ON_A_GPU, "cuda").slots == 49
+    working = melody("cuda", 64)
+    assert plan_slots(64, GPU_SLOT, working, 80 * 10**9 - RESIDENT_ON_A_GPU, "cuda").slots == 47
 
 
 def cgroup(tmp_path, limit: int | str, usage: int, version: int = 2):
@@ -68,35 +76,35 @@ def test_no_limit_leaves_the_machines_available_memory(tmp_path, monkeypatch):
 
 def test_a_4_gb_container_cannot_hold_a_melody_size_slot_and_says_what_it_needs(tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, 4 * GIB, int(0.5 * GIB)))
-    working = working_memory(30.0, melody=True, mbd=True, device="cpu", predictions=8)
+    working = melody("cpu", 8)
     with pytest.raises(NotEnoughMemory) as refused:
         plan_slots(8, CPU_SLOT, working, free_memory("cpu"), "cpu")
     needed = CPU_SLOT + memory.STEP_WORK_PER_SLOT + working.total
     assert str(refused.value) == (
         "not enough CPU memory for one request: a slot of the KV cache takes 2.72 GB and the other stages "
-        f"{working.total / 1e9:.2f} GB at once (conditioning 1.54 GB, codec 1.37 GB, MultiBand Diffusion "
-        f"3.22 GB), {needed / 1e9:.2f} GB in all, but 3.76 GB is free after loading the model. Use a "
-        "device with more memory, free some, or serve one prediction at a time (COG_MAX_CONCURRENCY=1: its "
-        "stages take turns, so only the largest one's memory is kept)."
+        f"{working.total / 1e9:.2f} GB at once (conditioning 1.54 GB, prefill 4.08 GB, codec 1.37 GB, "
+        f"MultiBand Diffusion 3.22 GB), {needed / 1e9:.2f} GB in all, but 3.76 GB is free after loading the "
+        "model. Use a device with more memory, free some, or serve one prediction at a time "
+        "(COG_MAX_CONCURRENCY=1: its stages take turns, so only the largest one's memory is kept)."
     )
 
 
 def test_one_prediction_at_a_time_keeps_only_its_largest_stage(tmp_path, monkeypatch):
     """A 16 GB machine after the fp32 model (7.4 GB resident): no room for 8 predictions' stages
-    beside a slot, room for one prediction, whose stages take turns."""
+    beside a slot, room for one prediction, whose stages take turns (the largest: a prefill)."""
     free = 16 * 10**9 - int(7.4e9)
     with pytest.raises(NotEnoughMemory):
-        plan_slots(8, CPU_SLOT, working_memory(30.0, melody=True, mbd=True, device="cpu", predictions=8), free, "cpu")
-    alone = working_memory(30.0, melody=True, mbd=True, device="cpu", predictions=1)
-    assert alone.total == memory.MBD and alone.describe().startswith("the largest of conditioning")
+        plan_slots(8, CPU_SLOT, melody("cpu", 8), free, "cpu")
+    alone = melody("cpu", 1)
+    assert alone.total == prefill_bytes(CPU_SLOT) and alone.describe().startswith("the largest of conditioning")
     assert plan_slots(1, CPU_SLOT, alone, free, "cpu").slots == 1
 
 
 def test_the_loop_gets_the_slots_that_fit_and_says_so(tiny_weights, monkeypatch, logs):
     model = load_model(tiny_weights, device="cpu", slots=1)
-    per_slot = kv_bytes(layers=2, dim=32, positions=MELODY_POSITIONS, dtype=torch.float32)
-    per_slot += memory.STEP_WORK_PER_SLOT
-    working = working_memory(30.0, melody=True, mbd=True, device="cpu", predictions=8)
+    tiny_slot = kv_bytes(layers=2, dim=32, positions=MELODY_POSITIONS, dtype=torch.float32)
+    per_slot = tiny_slot + memory.STEP_WORK_PER_SLOT
+    working = working_memory(30.0, melody=True, mbd=True, device="cpu", predictions=8, prefill=prefill_bytes(tiny_slot))
     monkeypatch.setattr(memory, "_meminfo_available", lambda: working.total + 3 * per_slot + 1)
     monkeypatch.setattr(memory, "CGROUP", memory.CGROUP / "absent")
     start_decoding_loop(model, 8)
