@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable
-from typing import Any
 
-from bench.models import bench_model, describe
+from bench.models import bench_model, describe, loop_ms
 
 
 def main() -> None:
@@ -38,34 +36,6 @@ def main() -> None:
     sampling = Sampling(250, 0.0, 1.0, 3.0)
     device = model.musicgen.device
     print(f"{describe(model, name)}; {count} requests of {seconds:g} s decoding")
-
-    def ms_per_step() -> float:
-        times: list[float] = []
-        batched = model.loop.steps
-        step = batched.step
-
-        def timed(windows: list[Any]) -> dict:
-            result = step(windows)
-            if len(windows) == count:
-                times.append(time.perf_counter())
-            return result
-
-        batched.step = timed
-        try:
-            threads = [
-                threading.Thread(
-                    target=generate_tokens,
-                    args=(model, GenerationRequest(f"request {i}", seconds, sampling), RequestRandomness(i, device)),
-                )
-                for i in range(count)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        finally:
-            del batched.step
-        return 1000 * (times[-1] - times[0]) / (len(times) - 1)
 
     tokens = generate_tokens(model, GenerationRequest("mbd", 8.0, sampling), RequestRandomness(99, device))
     rate = model.musicgen.sample_rate
@@ -100,7 +70,7 @@ def main() -> None:
         if runner:
             runner.start()
         try:
-            measured = ms_per_step()
+            measured = loop_ms(model, count, seconds)
         finally:
             stop.set()
             if runner:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from musicgen_cog.model.fast_decode import kv_bytes
-from musicgen_cog.model.memory import NotEnoughMemory, gigabytes, plan_slots, working_memory
+from musicgen_cog.model.memory import NotEnoughMemory, gigabytes, plan_slots, prefill_bytes, working_memory
 
 POSITIONS = 512 + 235 + 1505  # the T5 bound, a 30 s window's chroma, the window's steps
 # resident after loading: the LM (1.39 B parameters: fp16 on a GPU, embeddings and outputs fp32;
@@ -24,9 +24,10 @@ LIMITS = (1, 8, 16)
 def slots(device: str, size_gb: int, limit: int) -> int:
     dtype = torch.float16 if device == "cuda" else torch.float32
     free = int(size_gb * 1e9 - RESIDENT[device])
-    working = working_memory(30.0, melody=True, mbd=True, device=device, predictions=limit)
+    slot = kv_bytes(48, 1536, POSITIONS, dtype)
+    working = working_memory(30.0, melody=True, mbd=True, device=device, predictions=limit, prefill=prefill_bytes(slot))
     try:
-        return plan_slots(limit, kv_bytes(48, 1536, POSITIONS, dtype), working, free, device).slots
+        return plan_slots(limit, slot, working, free, device).slots
     except NotEnoughMemory:
         return 0
 

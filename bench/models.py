@@ -72,3 +72,42 @@ def bytes_per_step(model: Any, requests: int, steps: int) -> tuple[int, float]:
     keys = caches[0][0]
     per_position = 2 * 2 * len(caches) * keys[0, :, 0].numel() * keys.element_size()  # keys, values; a slot's 2 rows
     return weights, requests * per_position * steps / 2
+
+
+def loop_ms(model: Any, count: int, seconds: float) -> float:
+    """ms per step of `model`'s batched loop while `count` text requests of `seconds` decode
+    together (the steps where all of them do), the host included."""
+    import threading
+    import time
+
+    from musicgen_cog.model.generation import GenerationRequest, generate_tokens
+    from musicgen_cog.model.randomness import RequestRandomness
+    from musicgen_cog.model.sampling import Sampling
+
+    times: list[float] = []
+    batched = model.loop.steps
+    step = batched.step
+
+    def timed(windows: list[Any]) -> dict:
+        result = step(windows)
+        if len(windows) == count:
+            times.append(time.perf_counter())
+        return result
+
+    batched.step = timed
+    try:
+        threads = [
+            threading.Thread(
+                target=generate_tokens,
+                args=(model, GenerationRequest(f"request {i}", seconds, Sampling(250, 0.0, 1.0, 3.0))),
+                kwargs={"randomness": RequestRandomness(i, model.musicgen.device)},
+            )
+            for i in range(count)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        del batched.step
+    return 1000 * (times[-1] - times[0]) / (len(times) - 1)

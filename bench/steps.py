@@ -15,12 +15,10 @@ first, as setup() does. Last line: `floor fraction <P>% on <device>` (B = 1, the
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from functools import partial
-from typing import Any
 
-from bench.models import bench_model, bytes_per_step, describe, measured_bandwidth
+from bench.models import bench_model, bytes_per_step, describe, loop_ms, measured_bandwidth
 
 REPEATS = {"cuda": 50, "cpu": 3}  # a CPU's step takes seconds at 16 slots
 BATCHES = (1, 4, 8, 16)
@@ -31,11 +29,9 @@ def main() -> None:
     import torch
 
     from musicgen_cog.model.attention import attention_choice, masked_sdpa, rowwise_attention
-    from musicgen_cog.model.generation import EXTEND_STRIDE, GenerationRequest, generate_tokens
+    from musicgen_cog.model.generation import EXTEND_STRIDE
     from musicgen_cog.model.loading import start_decoding_loop
     from musicgen_cog.model.progress import planned_steps
-    from musicgen_cog.model.randomness import RequestRandomness
-    from musicgen_cog.model.sampling import Sampling
     from musicgen_cog.model.steps import BatchedSteps, compile_mode
     from musicgen_cog.model.warm_up import warm_up
 
@@ -68,35 +64,6 @@ def main() -> None:
         end.synchronize()
         return begin.elapsed_time(end) / repeats
 
-    def loop_ms(count: int, seconds: float) -> float:
-        """ms per step while all `count` requests decode, through the loop, host included."""
-        times: list[float] = []
-        step = batched.step
-
-        def timed(windows: list[Any]) -> dict:
-            result = step(windows)
-            if len(windows) == count:
-                times.append(time.perf_counter())
-            return result
-
-        batched.step = timed  # type: ignore[method-assign]
-        try:
-            threads = [
-                threading.Thread(
-                    target=generate_tokens,
-                    args=(model, GenerationRequest(f"request {i}", seconds, Sampling(250, 0.0, 1.0, 3.0))),
-                    kwargs={"randomness": RequestRandomness(i, model.musicgen.device)},
-                )
-                for i in range(count)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        finally:
-            del batched.step
-        return 1000 * (times[-1] - times[0]) / (len(times) - 1)
-
     def attention_ms(count: int, position: int, rowwise: bool) -> float:
         """Every layer's attention alone, for `count` busy slots at `position` and the rest free."""
         decoder = batched.decoder
@@ -122,7 +89,7 @@ def main() -> None:
         middle = steps // 2  # the cache position met mid-clip
         span = batched.span(middle)
         for count in BATCHES:
-            per_step = loop_ms(count, seconds)
+            per_step = loop_ms(model, count, seconds)
             state, lm = batched.state, model.musicgen.lm
             assert state is not None
             logits = torch.randn(2 * batched.decoder.slots, lm.num_codebooks, lm.card, device=state.tokens.device)

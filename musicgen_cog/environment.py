@@ -68,6 +68,16 @@ KNOWN_HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 )
 
 
+def setting(name: str, choices: tuple[str, ...]) -> str:
+    """The environment variable `name`: one of `choices`, the first when unset; else ValueError
+    naming what is accepted."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        accepted = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"{name} must be one of {accepted}, got {value!r}")
+    return value
+
+
 def silence_known_harmless_warnings() -> None:
     """Hide the warnings in KNOWN_HARMLESS_WARNINGS, and xformers' build-mismatch notice."""
     # xformers 0.0.35 (the newest) is built for torch 2.10 and logs "please reinstall" on import.

@@ -19,10 +19,11 @@ keys, values and length alone, the same bits beside any company, in any row of t
 from __future__ import annotations
 
 import functools
-import os
 import typing as tp
 
 import torch
+
+from ..environment import setting
 
 ATTENTION_ENV = "MUSICGEN_ATTENTION"
 ATTENTION_CHOICES = ("rowwise", "sdpa")
@@ -32,11 +33,7 @@ BLOCK = 64  # positions a Triton program reads at once inside its chunk
 
 def attention_choice() -> str:
     """MUSICGEN_ATTENTION: "rowwise" (default: a row's result depends on the row alone) or "sdpa"."""
-    choice = os.environ.get(ATTENTION_ENV, "rowwise")
-    if choice not in ATTENTION_CHOICES:
-        accepted = ", ".join(repr(c) for c in ATTENTION_CHOICES)
-        raise ValueError(f"{ATTENTION_ENV} must be one of {accepted}, got {choice!r}")
-    return choice
+    return setting(ATTENTION_ENV, ATTENTION_CHOICES)
 
 
 def rowwise_attention(

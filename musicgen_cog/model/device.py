@@ -7,9 +7,10 @@ setup naming the likely causes, instead of serving minutes-long requests from it
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
+
+from ..environment import setting
 
 log = logging.getLogger(__name__)
 DEVICE_ENV = "MUSICGEN_DEVICE"
@@ -22,10 +23,7 @@ class NoGpu(RuntimeError):
 
 def choose_device() -> str:
     """ "cuda" or "cpu", as MUSICGEN_DEVICE asks (default "auto": CUDA when torch sees a device)."""
-    choice = os.environ.get(DEVICE_ENV, "auto")
-    if choice not in DEVICE_CHOICES:
-        accepted = ", ".join(repr(c) for c in DEVICE_CHOICES)
-        raise ValueError(f"{DEVICE_ENV} must be one of {accepted}, got {choice!r}")
+    choice = setting(DEVICE_ENV, DEVICE_CHOICES)
     available = torch.cuda.is_available()
     if choice == "cuda" and not available:
         raise NoGpu(

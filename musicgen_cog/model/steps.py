@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import typing as tp
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -24,6 +23,7 @@ from functools import partial
 
 import torch
 
+from ..environment import setting
 from .attention import attention_choice
 from .conditions import longest_prefix
 from .fast_decode import KV_BUCKET, SlotDecoder, unsupported_reason
@@ -429,11 +429,7 @@ def cache_positions(musicgen: MusicGen) -> int:
 
 def decoder_choice() -> str:
     """MUSICGEN_DECODER: one of DECODER_CHOICES (default "auto")."""
-    choice = os.environ.get(DECODER_ENV, "auto")
-    if choice not in DECODER_CHOICES:
-        accepted = ", ".join(repr(c) for c in DECODER_CHOICES)
-        raise ValueError(f"{DECODER_ENV} must be one of {accepted}, got {choice!r}")
-    return choice
+    return setting(DECODER_ENV, DECODER_CHOICES)
 
 
 def compile_mode() -> str | None:
@@ -443,10 +439,5 @@ def compile_mode() -> str | None:
     compiled step at 3.11 ms against 4.36 eager in a graph, but 75 s to compile one static shape;
     compiled here with dynamic shapes, once for all, at warm-up, with Inductor's cache beside the
     weights (`environment.configure`) so that a second boot reuses it."""
-    mode = os.environ.get(COMPILE_ENV, "off")
-    if mode == "off":
-        return None
-    if mode not in COMPILE_MODES:
-        accepted = ", ".join(repr(m) for m in ("off", *COMPILE_MODES))
-        raise ValueError(f"{COMPILE_ENV} must be one of {accepted}, got {mode!r}")
-    return mode
+    mode = setting(COMPILE_ENV, ("off", *COMPILE_MODES))
+    return None if mode == "off" else mode

@@ -135,15 +135,22 @@ def test_a_sticky_error_in_a_requests_own_stage_fails_health_and_every_request_a
         tokens(model, 2, request(1))
 
 
-def test_health_fails_for_a_loop_stuck_on_a_step_and_recovers_when_it_moves(model, monkeypatch):
-    steps, stuck, release = model.loop.steps, threading.Event(), threading.Event()
-    step = steps.step
+def held(real):
+    """`real`, made to wait until released: (the wrapper, set once it is entered, the release)."""
+    entered, release = threading.Event(), threading.Event()
 
-    def hangs(windows):
-        stuck.set()
+    def wrapper(*args):
+        entered.set()
         release.wait(timeout=60)
-        return step(windows)
+        return real(*args)
 
+    return wrapper, entered, release
+
+
+def test_health_fails_for_a_loop_stuck_on_a_step_and_recovers_when_it_moves(model, monkeypatch):
+    steps = model.loop.steps
+    step = steps.step
+    hangs, stuck, release = held(step)
     monkeypatch.setattr(steps, "step", hangs)
     monkeypatch.setitem(loading.STALLED_AFTER, "cpu", 0.2)
     assert model.healthy()
@@ -166,14 +173,8 @@ def test_a_loop_idle_for_long_is_not_taken_for_a_stuck_one_when_work_arrives(mod
     """The stall is counted from when a window arrives, not from the loop's last step an hour ago."""
     monkeypatch.setitem(loading.STALLED_AFTER, "cpu", 30.0)
     model.loop.last_progress -= 3600  # an hour without a request
-    decoder, joining, release = model.loop.decoder, threading.Event(), threading.Event()
-    prefill = decoder.prefill
-
-    def slow_prefill(window):
-        joining.set()
-        release.wait(timeout=60)
-        return prefill(window)
-
+    decoder = model.loop.decoder
+    slow_prefill, joining, release = held(decoder.prefill)
     monkeypatch.setattr(decoder, "prefill", slow_prefill)
     thread = threading.Thread(target=tokens, args=(model, 1, request(1)))
     thread.start()
@@ -277,12 +278,8 @@ def test_a_window_whose_result_runs_out_of_memory_fails_alone(model, monkeypatch
 
 def test_a_closed_loop_answers_every_call_and_window_it_still_held(model):
     """Nothing hangs on a loop that stops: a call waiting for it to be idle, or a window."""
-    loop, gate, started = model.loop, threading.Event(), threading.Event()
-
-    def blocking() -> None:
-        started.set()
-        gate.wait(timeout=60)
-
+    loop = model.loop
+    blocking, started, gate = held(lambda: None)
     blocked = loop.call(blocking)
     started.wait(timeout=60)
     waiting = loop.call(lambda: None, when_idle=True)
