@@ -11,15 +11,16 @@ import logging
 import pytest
 import torch
 
+from bench.memory_table import POSITIONS, RESIDENT
 from musicgen_cog.model import memory
 from musicgen_cog.model.fast_decode import kv_bytes
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.memory import GIB, NotEnoughMemory, free_memory, plan_slots, prefill_bytes, working_memory
 
-MELODY_POSITIONS = 512 + 235 + 1505  # the longest prefix (T5 bound, a 30 s window's chroma), then a window
+MELODY_POSITIONS = POSITIONS  # the longest prefix (T5 bound, a 30 s window's chroma), then a window
 GPU_SLOT = kv_bytes(layers=48, dim=1536, positions=MELODY_POSITIONS, dtype=torch.float16)
 CPU_SLOT = kv_bytes(layers=48, dim=1536, positions=MELODY_POSITIONS, dtype=torch.float32)
-RESIDENT_ON_A_GPU = int(4.2e9)  # CUDA context, fp16 LM, fp32 T5, htdemucs and EnCodec: computed
+RESIDENT_ON_A_GPU = int(RESIDENT["cuda"])  # CUDA context, fp16 LM, fp32 T5, htdemucs and EnCodec: computed
 
 
 def melody(device: str, predictions: int) -> memory.WorkingMemory:
@@ -50,7 +51,7 @@ def test_an_80_gb_card_holds_far_more_than_8_slots_when_the_limit_allows():
     working = melody("cuda", 32)
     assert plan_slots(32, GPU_SLOT, working, 80 * 10**9 - RESIDENT_ON_A_GPU, "cuda").slots == 32
     working = melody("cuda", 64)
-    assert plan_slots(64, GPU_SLOT, working, 80 * 10**9 - RESIDENT_ON_A_GPU, "cuda").slots == 47
+    assert plan_slots(64, GPU_SLOT, working, 80 * 10**9 - RESIDENT_ON_A_GPU, "cuda").slots == 48
 
 
 def cgroup(tmp_path, limit: int | str, usage: int, version: int = 2):
