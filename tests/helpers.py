@@ -144,4 +144,10 @@ def process_tree_memory_mb(pid: int) -> dict[str, float]:
 
 def child_pids(pid: int) -> list[int]:
     """The processes `pid` started, from any of its threads (coglet spawns its worker off the main one)."""
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended since the listing (tokio ends idle ones)
+            continue
+    return children

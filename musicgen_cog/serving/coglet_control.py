@@ -24,7 +24,10 @@ def listening_address(pid: int) -> tuple[str, int]:
     fds = Path(f"/proc/{pid}/fd")
     inodes = set()
     for fd in fds.iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since the listing: a file it no longer holds
+            continue
         if target.startswith("socket:["):
             inodes.add(target.removeprefix("socket:[").removesuffix("]"))
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:

@@ -1,9 +1,11 @@
 """Finding the port coglet listens on from its process id, and asking it to stop."""
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +54,20 @@ def test_a_process_that_listens_nowhere_has_no_address():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_file_closed_between_listing_and_reading_is_skipped(listener, monkeypatch):
+    process, port = listener
+    real_readlink = os.readlink
+    closed = Path(f"/proc/{process.pid}/fd/0")
+
+    def readlink(path):
+        if Path(path) == closed:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_readlink(path)
+
+    monkeypatch.setattr(os, "readlink", readlink)
+    assert listening_address(process.pid) == ("127.0.0.1", port)
 
 
 def test_stopping_posts_to_shutdown_on_that_port(listener):
