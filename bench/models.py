@@ -7,6 +7,8 @@ under fp16 autocast).
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,18 +77,15 @@ def bytes_per_step(model: Any, requests: int, steps: int) -> tuple[int, float]:
 
 
 def loop_ms(model: Any, count: int, seconds: float) -> float:
-    """ms per step of `model`'s batched loop while `count` text requests of `seconds` decode
+    """ms per step of `model`'s decoding loop while `count` text requests of `seconds` decode
     together (the steps where all of them do), the host included."""
-    import threading
-    import time
-
     from musicgen_cog.model.generation import GenerationRequest, generate_tokens
     from musicgen_cog.model.randomness import RequestRandomness
     from musicgen_cog.model.sampling import Sampling
 
     times: list[float] = []
-    batched = model.loop.steps
-    step = batched.step
+    steps = model.loop.steps
+    step = steps.step
 
     def timed(windows: list[Any]) -> dict:
         result = step(windows)
@@ -94,7 +93,7 @@ def loop_ms(model: Any, count: int, seconds: float) -> float:
             times.append(time.perf_counter())
         return result
 
-    batched.step = timed
+    steps.step = timed
     try:
         threads = [
             threading.Thread(
@@ -109,5 +108,10 @@ def loop_ms(model: Any, count: int, seconds: float) -> float:
         for thread in threads:
             thread.join()
     finally:
-        del batched.step
+        del steps.step
+    if len(times) < 2:
+        raise RuntimeError(
+            f"only {len(times)} step(s) ran with all {count} requests decoding: "
+            f"a request failed (see above) or {seconds} s is too short"
+        )
     return 1000 * (times[-1] - times[0]) / (len(times) - 1)

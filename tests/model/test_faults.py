@@ -156,7 +156,7 @@ def test_health_fails_for_a_loop_stuck_on_a_step_and_recovers_when_it_moves(mode
     assert model.healthy()
     thread = threading.Thread(target=tokens, args=(model, 1, request(1)))
     thread.start()
-    stuck.wait(timeout=60)
+    assert stuck.wait(timeout=60)
     wait_until(lambda: not model.healthy())
     release.set()
     monkeypatch.setattr(steps, "step", step)
@@ -178,7 +178,7 @@ def test_a_loop_idle_for_long_is_not_taken_for_a_stuck_one_when_work_arrives(mod
     monkeypatch.setattr(decoder, "prefill", slow_prefill)
     thread = threading.Thread(target=tokens, args=(model, 1, request(1)))
     thread.start()
-    joining.wait(timeout=60)
+    assert joining.wait(timeout=60)
     try:
         assert 0 < model.loop.stalled_for() < 30 and model.healthy()
     finally:
@@ -281,7 +281,7 @@ def test_a_closed_loop_answers_every_call_and_window_it_still_held(model):
     loop = model.loop
     blocking, started, gate = held(lambda: None)
     blocked = loop.call(blocking)
-    started.wait(timeout=60)
+    assert started.wait(timeout=60)
     waiting = loop.call(lambda: None, when_idle=True)
     loop._incoming.put(None)  # close, while the first call still runs
     gate.set()

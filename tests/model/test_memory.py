@@ -17,9 +17,8 @@ from musicgen_cog.model.fast_decode import kv_bytes
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.memory import GIB, NotEnoughMemory, free_memory, plan_slots, prefill_bytes, working_memory
 
-MELODY_POSITIONS = POSITIONS  # the longest prefix (T5 bound, a 30 s window's chroma), then a window
-GPU_SLOT = kv_bytes(layers=48, dim=1536, positions=MELODY_POSITIONS, dtype=torch.float16)
-CPU_SLOT = kv_bytes(layers=48, dim=1536, positions=MELODY_POSITIONS, dtype=torch.float32)
+GPU_SLOT = kv_bytes(layers=48, dim=1536, positions=POSITIONS, dtype=torch.float16)
+CPU_SLOT = kv_bytes(layers=48, dim=1536, positions=POSITIONS, dtype=torch.float32)
 RESIDENT_ON_A_GPU = int(RESIDENT["cuda"])  # CUDA context, fp16 LM, fp32 T5, htdemucs and EnCodec: computed
 
 
@@ -103,7 +102,7 @@ def test_one_prediction_at_a_time_keeps_only_its_largest_stage(tmp_path, monkeyp
 
 def test_the_loop_gets_the_slots_that_fit_and_says_so(tiny_weights, monkeypatch, logs):
     model = load_model(tiny_weights, device="cpu", slots=1)
-    tiny_slot = kv_bytes(layers=2, dim=32, positions=MELODY_POSITIONS, dtype=torch.float32)
+    tiny_slot = kv_bytes(layers=2, dim=32, positions=POSITIONS, dtype=torch.float32)
     per_slot = tiny_slot + memory.STEP_WORK_PER_SLOT
     working = working_memory(30.0, melody=True, mbd=True, device="cpu", predictions=8, prefill=prefill_bytes(tiny_slot))
     monkeypatch.setattr(memory, "_meminfo_available", lambda: working.total + 3 * per_slot + 1)

@@ -33,7 +33,9 @@ LISTENER = textwrap.dedent(
 
 @pytest.fixture
 def listener():
-    process = subprocess.Popen([sys.executable, "-c", LISTENER], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", LISTENER], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout is not None
     port = int(process.stdout.readline())
     yield process, port
@@ -61,13 +63,17 @@ def test_a_file_closed_between_listing_and_reading_is_skipped(listener, monkeypa
     real_readlink = os.readlink
     closed = Path(f"/proc/{process.pid}/fd/0")
 
+    skipped = []
+
     def readlink(path):
         if Path(path) == closed:
+            skipped.append(path)
             raise FileNotFoundError(2, "No such file or directory", str(path))
         return real_readlink(path)
 
     monkeypatch.setattr(os, "readlink", readlink)
     assert listening_address(process.pid) == ("127.0.0.1", port)
+    assert skipped, "the listener has no fd 0 to close"
 
 
 def test_stopping_posts_to_shutdown_on_that_port(listener):
@@ -79,6 +85,7 @@ def test_stopping_posts_to_shutdown_on_that_port(listener):
 
 
 def test_a_server_that_cannot_be_reached_is_sent_sigint():
-    child = subprocess.Popen(["sleep", "30"])
+    # A shell's background job starts with SIGINT ignored, and exec keeps that: restore the default.
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stop_coglet(child.pid)
     assert child.wait(timeout=30) == -signal.SIGINT
