@@ -62,7 +62,6 @@ def test_a_file_closed_between_listing_and_reading_is_skipped(listener, monkeypa
     process, port = listener
     real_readlink = os.readlink
     closed = Path(f"/proc/{process.pid}/fd/0")
-
     skipped = []
 
     def readlink(path):
