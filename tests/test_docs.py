@@ -153,6 +153,26 @@ def page_id(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
+@pytest.mark.parametrize(
+    "heading, anchor",
+    [  # as GitHub makes them: lower case, punctuation dropped, each space a hyphen, none merged
+        ("Shutdown: drain, then stop", "shutdown-drain-then-stop"),
+        ("What coglet 0.23.1 cannot do, and why", "what-coglet-0231-cannot-do-and-why"),
+        ("The batched step (python -m bench.steps 0.3, CPU)", "the-batched-step-python--m-benchsteps-03-cpu"),
+        ("stage_memory's table", "stage_memorys-table"),
+        ("Replicate & Kubernetes", "replicate--kubernetes"),
+    ],
+)
+def test_a_heading_gets_githubs_anchor(heading, anchor):
+    assert github_slug(heading) == anchor
+
+
+def test_a_repeated_heading_gets_a_numbered_anchor(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Faults\n\n## Faults\n\n### Faults\n")
+    assert anchors(page) == {"faults", "faults-1", "faults-2"}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_every_relative_link_and_anchor_resolves(page):
     broken = []
