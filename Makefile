@@ -76,7 +76,8 @@ schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build`
 	$(PY) -m musicgen_cog.commands.schema
 
 # As deploy/ runs the image: under tini sending signals to the process group, coglet waiting for
-# /shutdown, so that SIGTERM (to tini) drains the predictions in flight, then stops (README, "Shutdown").
+# /shutdown, so that SIGTERM (to tini) drains the predictions in flight, then stops
+# (docs/deployment.md#shutdown-drain-then-stop).
 serve: schema  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
 	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=predict.py:Predictor PORT=$(PORT) \
 	  COG_MAX_CONCURRENCY=$(CONCURRENCY) TINI_KILL_PROCESS_GROUP=1 \

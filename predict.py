@@ -23,7 +23,8 @@ from musicgen_cog.serving.shutdown import drain_on_sigterm  # noqa: E402
 
 MAX_CONCURRENCY = concurrency_limit()
 IN_FLIGHT = InFlight(on_change=gauge_from_environment(slots=MAX_CONCURRENCY))
-if coglet_server.active:  # in coglet's worker, before the slow imports: on SIGTERM, drain, then stop (README)
+# in coglet's worker, before the slow imports: on SIGTERM, drain, then stop (docs/deployment.md)
+if coglet_server.active:
     drain_on_sigterm(IN_FLIGHT, drain_seconds())
 
 from cog import BasePredictor, Input, Path, concurrent  # noqa: E402

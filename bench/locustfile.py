@@ -2,8 +2,9 @@
 
 Each user sends one sync prediction at a time, the next kind in MIX each time (text, melody,
 continuation, MBD; wav or mp3; 1 to 3 s), and on a 409 (every slot busy) waits and sends it
-again with exponential backoff and jitter, as the README tells clients to. A prediction counts
-once, from its first attempt to its answer. Totals go to $LOAD_SUMMARY as JSON when the run stops.
+again with exponential backoff and jitter, as docs/deployment.md#what-a-client-must-do tells
+clients to. A prediction counts once, from its first attempt to its answer. Totals go to
+$LOAD_SUMMARY as JSON when the run stops.
 
 Environment: LOAD_CLIP (a wav file for melody and continuation), LOAD_SUMMARY (where to write),
 LOAD_MAX_PREDICTIONS (stop after this many; Locust's --run-time bounds the time).

@@ -1,6 +1,6 @@
-"""The README's memory table: the slots MusicGen-melody gets per GPU card and per CPU memory size,
-by the arithmetic setup() runs (`musicgen_cog/model/memory.py`). Computed, not measured: what
-stays resident after loading is estimated here from the models' parameter counts.
+"""The memory table of docs/memory-and-faults.md#memory: the slots MusicGen-melody gets per GPU card
+and per CPU memory size, by the arithmetic setup() runs (`musicgen_cog/model/memory.py`). Computed,
+not measured: what stays resident after loading is estimated here from the models' parameter counts.
 
     python -m bench.memory_table
 """

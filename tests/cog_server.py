@@ -57,7 +57,7 @@ class CogServer:
 
     @classmethod
     def as_deployed(cls, weights_dir: Path, log_path: Path, env: dict | None = None) -> CogServer:
-        """The server as deploy/ runs the image, draining on SIGTERM (README, "Shutdown"): under
+        """The server as deploy/ runs the image, draining on SIGTERM (docs/deployment.md): under
         tini, the image's entry point, sending signals to the whole process group; coglet waits
         for /shutdown instead of stopping on SIGTERM."""
         return cls(

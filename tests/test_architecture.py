@@ -1,4 +1,4 @@
-"""The layering README describes: imports go one way, and checking a request needs no ML library.
+"""The layering docs/contributing.md describes: imports go one way, and checking a request needs no ML library.
 
 commands -> api -> model -> audio, weights -> errors, environment, files
 (a folder may also skip layers downwards: api uses audio and weights directly)

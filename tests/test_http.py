@@ -140,8 +140,8 @@ def test_schema_violations_are_422_naming_the_input(server, bad_input, field):
 def test_predictor_checks_fail_the_prediction_naming_the_input(server, request_input, message):
     body = server.predict(input=request_input).json()
     # coglet 0.23.1 words every failure of an async predictor
-    # `Prediction failed: Async prediction failed: <class>: <message>` (README, "Serving over HTTP");
-    # a coglet that words it better fails here, to update the README.
+    # `Prediction failed: Async prediction failed: <class>: <message>`
+    # (docs/serving.md#what-a-failed-prediction-says); a coglet that words it better fails here, to update that page.
     assert body["status"] == "failed"
     assert body["error"] == f"Prediction failed: Async prediction failed: InputError: {message}"
 

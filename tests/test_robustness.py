@@ -224,7 +224,7 @@ def test_fuzz_the_api_from_its_own_schema(server, capsys):
 # --- coglet 0.23.1 bugs in handling client-chosen prediction ids (upstream; no newer coglet exists) ---
 # Strict xfails: they state the right behaviour and will fail loudly once coglet is fixed, so that
 # coglet_survivable_id can go. Behind Replicate the platform chooses ids; self-hosters should not
-# let untrusted clients choose them (README).
+# let untrusted clients choose them (docs/serving.md#prediction-ids-a-coglet-problem-when-self-hosting).
 
 
 @pytest.mark.slow

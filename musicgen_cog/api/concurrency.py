@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-DEFAULT_CONCURRENCY = 8  # see README: what 8 slots cost in GPU memory, and what they give
+DEFAULT_CONCURRENCY = 8  # what 8 slots cost in memory: docs/memory-and-faults.md#memory
 CONCURRENCY_ENV = "COG_MAX_CONCURRENCY"  # Cog's own setting; the KV cache is sized by it too
 T = TypeVar("T")
 

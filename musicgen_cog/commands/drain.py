@@ -2,7 +2,7 @@
 
 Waits `--settle` seconds, so that the load balancers have dropped this pod from their endpoints
 before it starts refusing predictions, then sends SIGTERM to the server's init process (tini,
-PID 1 in the container, which passes it to coglet and its worker: README, "Shutdown") and waits
+PID 1 in the container, which passes it to coglet and its worker: docs/deployment.md) and waits
 until the server stops answering, so the drain is over before the kubelet sends its own SIGTERM.
 """
 

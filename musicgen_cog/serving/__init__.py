@@ -1,1 +1,1 @@
-"""Running the server as an operator does: drain on SIGTERM, then stop (see README, "Shutdown")."""
+"""Running the server as an operator does: drain on SIGTERM, then stop (docs/deployment.md#shutdown-drain-then-stop)."""

@@ -2,7 +2,7 @@
 
 A node-exporter sidecar (its textfile collector) serves the file to Prometheus, so the server
 needs no HTTP endpoint of its own; deploy/kubernetes wires it to a HorizontalPodAutoscaler
-through prometheus-adapter (README, "Beyond one machine").
+through prometheus-adapter (docs/deployment.md#beyond-one-machine).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Drain, then stop: what the worker does on SIGTERM (README, "Shutdown").
+"""Drain, then stop: what the worker does on SIGTERM (docs/deployment.md#shutdown-drain-then-stop).
 
 Refuse new predictions, let those in flight finish within the grace period, cut the rest (each
 fails with ShuttingDown, so its client gets a terminal status), give coglet a moment to send the

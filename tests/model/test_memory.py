@@ -120,8 +120,8 @@ def test_a_machine_too_small_for_one_slot_fails_setup_naming_the_memory(tiny_wei
         load_model(tiny_weights, device="cpu", slots=8)
 
 
-def test_the_readme_memory_table_is_what_the_planner_computes():
+def test_the_manuals_memory_table_is_what_the_planner_computes():
     from bench.memory_table import table
     from tests.conftest import ROOT
 
-    assert table() in (ROOT / "README.md").read_text()
+    assert table() in (ROOT / "docs" / "memory-and-faults.md").read_text()

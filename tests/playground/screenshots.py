@@ -1,4 +1,4 @@
-"""The README's screenshots of the page before, during and after a generation, in docs/.
+"""The screenshots of the page before, during and after a generation, in docs/ (docs/playground.md).
 
 python -m tests.playground.screenshots     (a real server with tiny weights, as the page tests use)
 """
