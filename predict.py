@@ -35,7 +35,7 @@ from musicgen_cog.api.memory import fix_mmap_threshold, release_freed_memory  # 
 from musicgen_cog.api.pipeline import run_prediction  # noqa: E402
 from musicgen_cog.audio.writing import OutputFolder  # noqa: E402
 from musicgen_cog.model.loading import load_model  # noqa: E402
-from musicgen_cog.model.warm_up import warm_up  # noqa: E402
+from musicgen_cog.model.proof import settle_decoding_path  # noqa: E402
 from musicgen_cog.serving.signals import keep_sigterm_from_child_processes  # noqa: E402
 from musicgen_cog.weights.finetune_source import resolve_finetune  # noqa: E402
 
@@ -46,8 +46,11 @@ class Predictor(BasePredictor):
         configure_logging()
         fix_mmap_threshold()  # a long-running server's heap stays flat (musicgen_cog/api/memory.py)
         root = environment.weights_dir()
-        self.model = load_model(root, resolve_finetune(weights, root), slots=MAX_CONCURRENCY)
-        warm_up(self.model)  # every kernel and step graph ready before READY (musicgen_cog/model/warm_up.py)
+        model = load_model(root, resolve_finetune(weights, root), slots=MAX_CONCURRENCY)
+        # warm-up, then the decoding path proven on this device against audiocraft's arithmetic, a
+        # path that fails stepping down to the next (musicgen_cog/model/proof.py)
+        self.proof = settle_decoding_path(model)
+        self.model = model  # health asks it from now on: a path that failed during setup is not a fault
         output_dir = os.environ.get("MUSICGEN_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "musicgen"
         self.outputs = OutputFolder(output_dir, keep=2 * MAX_CONCURRENCY)
         self.threads = RequestThreads(MAX_CONCURRENCY, initializer=keep_sigterm_from_child_processes)

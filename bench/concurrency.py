@@ -25,6 +25,7 @@ def main() -> None:
     model, name = bench_model(slots=max(COUNTS))
     import torch
 
+    from musicgen_cog.model.decoding_path import batched_start
     from musicgen_cog.model.generation import GenerationRequest, generate_tokens
     from musicgen_cog.model.loading import start_decoding_loop
     from musicgen_cog.model.randomness import RequestRandomness
@@ -32,9 +33,10 @@ def main() -> None:
 
     cuda = name != "cpu"
     arguments = [a for a in sys.argv[1:] if a != "--all-slots"]
-    batched = True if "--all-slots" in sys.argv else None
+    path = batched_start(model.device) if "--all-slots" in sys.argv else None
     seconds = float(arguments[0]) if arguments else (8.0 if cuda else 1.0)
-    print(f"{describe(model, name)}; each request {seconds:g} s of audio; all slots in one step: {batched or cuda}")
+    batched = path is not None or cuda
+    print(f"{describe(model, name)}; each request {seconds:g} s of audio; all slots in one step: {batched}")
 
     def one(index: int, start: threading.Barrier) -> None:
         start.wait()
@@ -56,7 +58,7 @@ def main() -> None:
 
     rows = []
     for count in COUNTS:
-        start_decoding_loop(model, slots=count, batched=batched)  # sized for the concurrency, as the server does
+        start_decoding_loop(model, count, path)  # sized for the concurrency, as the server does
         run(count)  # warm-up: allocation, kernels, graph capture for this many slots
         elapsed = run(count)
         rows.append((count, elapsed, count * seconds / elapsed))

@@ -45,7 +45,10 @@ def describe(model: Any, device: str) -> str:
     parameters = sum(p.numel() for p in lm.parameters())
     import torch
 
-    return f"{device}: LM {parameters / 1e9:.2f} B parameters ({lm.cfg.dtype}), torch threads {torch.get_num_threads()}"
+    threads = torch.get_num_threads()
+    return (
+        f"{device}: LM {parameters / 1e9:.2f} B parameters ({lm.cfg.dtype}), torch threads {threads}, {model.path.name}"
+    )
 
 
 def measured_bandwidth() -> float:

@@ -28,24 +28,22 @@ def main() -> None:
     model, name = bench_model(slots=max(BATCHES))
     import torch
 
-    from musicgen_cog.model.attention import attention_choice, masked_sdpa, rowwise_attention
+    from musicgen_cog.model.attention import masked_sdpa, rowwise_attention
+    from musicgen_cog.model.decoding_path import batched_start
     from musicgen_cog.model.generation import EXTEND_STRIDE
     from musicgen_cog.model.loading import start_decoding_loop
     from musicgen_cog.model.progress import planned_steps
-    from musicgen_cog.model.steps import BatchedSteps, compile_mode
+    from musicgen_cog.model.steps import BatchedSteps
     from musicgen_cog.model.warm_up import warm_up
 
     cuda = name != "cpu"
     durations = [float(a) for a in sys.argv[1:]] or ([8.0, 30.0] if cuda else [1.0])
-    start_decoding_loop(model, slots=max(BATCHES), batched=True)  # the GPU's step, on a CPU too
+    start_decoding_loop(model, max(BATCHES), batched_start(model.device))  # the GPU's step, on a CPU too
     loop = model.loop
     assert loop is not None and isinstance(loop.steps, BatchedSteps)
     batched: BatchedSteps = loop.steps
-    warmed, compiled = warm_up(model), compile_mode() or "off"
-    print(
-        f"{describe(model, name)}; {max(BATCHES)} slots, attention: {attention_choice()}, "
-        f"compile: {compiled}, warm-up: {warmed.seconds:.1f} s"
-    )
+    warmed = warm_up(model)
+    print(f"{describe(model, name)}; {max(BATCHES)} slots, warm-up: {warmed.seconds:.1f} s")
     bandwidth = measured_bandwidth() if cuda else None
 
     def device_ms(work) -> float:
@@ -76,7 +74,7 @@ def main() -> None:
         if rowwise:
             work = partial(rowwise_attention, query, keys, values, positions + 1, span)
         else:
-            work = partial(masked_sdpa, query, keys, values, positions, decoder.attended_length(position))
+            work = partial(masked_sdpa, query, keys, values, positions + 1, decoder.attended_length(position))
         return len(decoder.caches) * device_ms(work)
 
     fractions = []

@@ -4,6 +4,8 @@ coglet loads it as `COG_PREDICT_TYPE_STUB=tests/fault_injection.py:Predictor` (t
 predict.py's). After the real setup, it patches library and model functions to raise what a
 device raises when it runs out of memory or fails, for requests carrying a marker, so that
 nothing in the serving code knows about tests. Markers (`MARKERS`) are inputs no other test uses.
+MUSICGEN_TEST_FAULT adds a fault of the decoding path: `sampler` (before setup, which must prove
+the path and step down from it) or `capture` (after setup: graphs whose capture fails).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from audiocraft.modules.conditioners import ChromaStemConditioner
 
 import predict
 from musicgen_cog.audio.writing import OutputFolder
-from musicgen_cog.model import loading
+from musicgen_cog.model import loading, proof, sampling, steps
 from musicgen_cog.model.fast_decode import SlotDecoder
 from musicgen_cog.model.steps import BatchedSteps, PerSlotSteps
 
@@ -32,6 +34,7 @@ MARKERS = {
     "sticky": "top_k 9",
 }
 FREE_MEMORY_ENV = "MUSICGEN_TEST_FREE_MEMORY"  # bytes the planner sees free, to size fewer slots
+FAULT_ENV = "MUSICGEN_TEST_FAULT"  # a fault of the decoding path: "sampler" or "capture"
 
 
 def oom() -> torch.OutOfMemoryError:
@@ -106,10 +109,30 @@ def install() -> None:
     patch(OutputFolder, "write", writing)
 
 
+def ranked_from_the_wrong_end(sample_rows: Any) -> Any:
+    """`sample_rows` (the batched step's sampler) ranking the tokens least probable first."""
+    return lambda logits, rule, uniforms: sample_rows(-logits, rule, uniforms)
+
+
+class Uncapturable(steps.CudaGraphStep):
+    """A CUDA graph whose capture fails for a reason other than memory."""
+
+    def _capture(self, step: Any, stream: Any) -> None:
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing (injected)")
+
+
 class Predictor(predict.Predictor):
     def setup(self, weights: str | None = None) -> None:
         free = os.environ.get(FREE_MEMORY_ENV)
         if free:
             loading.free_memory = lambda device: int(free)  # the planner's view of the device
+        fault = os.environ.get(FAULT_ENV)
+        if fault == "sampler":
+            steps.sample_rows = proof.sample_rows = ranked_from_the_wrong_end(sampling.sample_rows)
         super().setup(weights)
         install()  # after the warm-up, which must succeed
+        if fault == "capture":  # the batched step turns to graphs: the loop's next idle pass captures
+            steps.CudaGraphStep = Uncapturable  # type: ignore[misc]
+            loop = self.model.loop
+            assert loop is not None and isinstance(loop.steps, BatchedSteps)
+            loop.steps.graphs_enabled = True

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 
 from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
-from musicgen_cog.model.steps import DECODER_ENV
+from musicgen_cog.model.decoding_path import DECODER_ENV
 from tests.cog_server import CogServer, Receiver
 from tests.helpers import SAMPLE_RATE, data_uri, write_tone
 

@@ -8,6 +8,7 @@ trigger which fault). Each test sends the faulty request between two good ones, 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 
 from musicgen_cog.model.memory import prefill_bytes, working_memory
 from tests.cog_server import CogServer
-from tests.fault_injection import FREE_MEMORY_ENV
+from tests.fault_injection import FAULT_ENV, FREE_MEMORY_ENV
 from tests.helpers import data_uri, write_tone
 from tests.test_concurrency import at_once, decoded
 
@@ -97,6 +98,43 @@ def test_a_sticky_device_error_fails_the_requests_and_the_server_says_unhealthy(
             )
             assert body["error"].endswith("the server reports itself unhealthy and must be restarted")
         assert server.wait_for("UNHEALTHY", timeout=30)["status"] == "UNHEALTHY"
+    finally:
+        server.stop()
+
+
+def test_a_path_that_fails_its_proof_is_stepped_down_from_before_the_server_says_ready(
+    tiny_weights, schema_file, tmp_path
+):
+    """The GPU's ladder on a CPU (MUSICGEN_DECODER=batched) with a sampler that ranks tokens from
+    the wrong end: both batched rungs fail the sampler check, per slot serves, and says so."""
+    server = serve(tiny_weights, tmp_path, MUSICGEN_DECODER="batched", **{FAULT_ENV: "sampler"})
+    try:
+        body = server.predict(input=GOOD[0]).json()
+        assert body["status"] == "succeeded" and body["metrics"]["decoding_path"] == "per-slot"
+        log = server.log_path.read_text()
+        for path, below in (("batched, row-wise attention", "batched, SDPA"), ("batched, SDPA", "per slot")):
+            assert re.search(f'"decoding path {path} failed its proof: sampler \\d+ > 0; trying {below}"', log)
+        assert "decoding path: per slot, proven in " in log
+    finally:
+        server.stop()
+
+
+def test_a_capture_that_fails_after_ready_makes_the_server_unhealthy_while_it_serves_on(
+    tiny_weights, schema_file, tmp_path
+):
+    """Not out of memory: PyTorch's allocator may be left believing a capture is under way, so
+    the platform should replace the server; until it does, requests decode without graphs."""
+    server = serve(tiny_weights, tmp_path, MUSICGEN_DECODER="batched", **{FAULT_ENV: "capture"})
+    try:
+        first = server.predict(input=GOOD[0]).json()  # meets no graph: its span is captured once it has left
+        assert first["status"] == "succeeded" and first["metrics"]["decoding_path"] == "batched-rowwise"
+        assert server.wait_for("UNHEALTHY", timeout=30)["status"] == "UNHEALTHY"
+        assert server.predict(input=GOOD[1], when_ready=False).json()["status"] == "succeeded"
+        assert (
+            "CUDA graph capture failed (RuntimeError: CUDA error: operation not permitted when stream is capturing "
+            "(injected)) after setup; decoding on without graphs; health now fails so that the platform replaces "
+            "this server"
+        ) in server.log_path.read_text()
     finally:
         server.stop()
 

@@ -1,4 +1,5 @@
-"""On a CUDA device (`pytest -m gpu`; skipped without one): the captured fp16 step at melody size.
+"""On a CUDA device (`pytest -m gpu`; skipped without one): the captured fp16 step at melody size,
+proven by setup()'s own proof, and what the proof cannot see (host syncs, captures, streams, memory).
 
 A random LM of MusicGen-melody's size (48 layers, d=1536) in audiocraft's GPU layout, the tiny
 folder's codec, T5 and demucs (`bench/models.py`), SLOTS slots as the server runs them.
@@ -12,17 +13,17 @@ from typing import Any
 
 import pytest
 import torch
-from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
 
 from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
 from musicgen_cog.audio.decoding import Audio
-from musicgen_cog.model import steps
+from musicgen_cog.model import proof, steps
+from musicgen_cog.model.decoding_path import LADDER
 from musicgen_cog.model.generation import GenerationRequest, generate, generate_tokens
 from musicgen_cog.model.memory import CUBLAS_WORKSPACE
+from musicgen_cog.model.proof import settle_decoding_path
 from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
 from musicgen_cog.model.steps import BatchedSteps
-from musicgen_cog.model.warm_up import warm_up
 from tests.helpers import tone
 
 pytestmark = [
@@ -38,15 +39,24 @@ HEADROOM = (2 << 30) + CUBLAS_WORKSPACE * (SLOTS + 3)
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[Any]:
+def proven() -> Iterator[tuple[Any, Any]]:
+    """The model after setup()'s warm-up (no step captures from here on: a capture synchronises)
+    and the proof of its path, with what the proof found."""
     from bench.models import bench_model
 
     torch.cuda.reset_peak_memory_stats()
     loaded, _ = bench_model(slots=SLOTS)
+    found = settle_decoding_path(loaded)
+    yield loaded, found
+    if loaded.loop is not None:
+        loaded.loop.close()
+
+
+@pytest.fixture(scope="module")
+def model(proven) -> Any:
+    loaded, _ = proven
     assert isinstance(loaded.loop.steps, BatchedSteps) and loaded.loop.steps.graphs_enabled
-    warm_up(loaded)  # as setup() does: no step captures (capture synchronises) from here on
-    yield loaded
-    loaded.loop.close()
+    return loaded
 
 
 def clip(seconds: float) -> Audio:
@@ -57,22 +67,25 @@ def tokens(model: Any, request: GenerationRequest, seed: int = 1) -> torch.Tenso
     return generate_tokens(model, request, RequestRandomness(seed, model.musicgen.device))
 
 
-def test_the_graphs_give_finite_audio_and_audiocrafts_greedy_choices(model):
-    """Teacher-forced: audiocraft's own forward over our greedy sequence, guided as it guides, picks
-    our token at 99 % of the steps or more. fp16 rounds otherwise in a fixed-shape step than in
-    audiocraft's growing one; run free, the two would part at the first near-tie and never meet."""
-    musicgen, lm = model.musicgen, model.musicgen.lm
-    ours = tokens(model, GenerationRequest(PROMPT, 8.0, GREEDY))
-    attributes, _ = musicgen._prepare_tokens_and_attributes([PROMPT], None)
-    pair = attributes + ClassifierFreeGuidanceDropout(p=1.0)(attributes)  # one batch: one padded prefix length
-    with torch.no_grad(), model.autocast():
-        predicted = lm.compute_predictions(torch.cat([ours, ours]), pair)
-    conditional, unconditional = predicted.logits.split(1)
-    guided = unconditional + (conditional - unconditional) * GREEDY.cfg_coef
-    same = guided.argmax(dim=-1) == ours
-    assert same[predicted.mask[:1]].float().mean().item() >= 0.99
-    wav = generate(model, GenerationRequest(PROMPT, 8.0, GREEDY), RequestRandomness(1, musicgen.device))
-    assert wav.shape[-1] == 8 * musicgen.sample_rate  # and finite: generate raises otherwise
+def test_setup_proves_the_top_rung_on_this_card(proven):
+    """Warm-up and the proof as setup() runs them: graphs and row-wise attention pass every check
+    (`pytest -s` shows the figures), and no rung was stepped down from."""
+    model, found = proven
+    print(f"\ndecoding path: {found}")
+    assert model.path == LADDER[0] and found.path == LADDER[0]
+    assert [check.name for check in found.checks] == ["attention fp32", "attention fp16", "step", "company", "sampler"]
+
+
+def test_the_graphs_give_audiocrafts_logits_by_the_proofs_measure_and_finite_audio(model):
+    """Audiocraft's own forward over the sequences our graphs chose, under the same autocast: the
+    guided logits' error relative to their spread within the proof's fp16 threshold (near-ties do
+    not matter, as they would to an argmax agreement)."""
+    figure, company = model.loop.call(
+        lambda: proof.decode_and_compare(model, model.loop.steps), when_idle=True
+    ).result()
+    assert figure <= proof.STEP_ERROR[torch.float16] and company == 0
+    wav = generate(model, GenerationRequest(PROMPT, 8.0, GREEDY), RequestRandomness(1, model.musicgen.device))
+    assert wav.shape[-1] == 8 * model.musicgen.sample_rate  # and finite: generate raises otherwise
 
 
 def strict(work, errors: list) -> Any:

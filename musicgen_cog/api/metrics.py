@@ -2,7 +2,7 @@
 
 Seconds per stage (waiting for a slot, conditioning, decoding tokens, decoding the audio with
 EnCodec or MultiBand Diffusion, encoding the file), the decoding steps and their rate, the
-seconds of audio made, and the seed used.
+seconds of audio made, the seed used, and the decoding path the server proved at setup.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ METRIC_NAMES = {  # stage -> metric
 }
 
 
-def record_metrics(times: StageTimes, seed: int, audio_seconds: float) -> None:
+def record_metrics(times: StageTimes, seed: int, audio_seconds: float, decoding_path: str) -> None:
     """Add this prediction's figures to its response's `metrics` (a no-op outside a prediction)."""
     scope: Any = current_scope()  # cog types it `object`; it has record_metric
     for stage, name in METRIC_NAMES.items():
@@ -34,3 +34,4 @@ def record_metrics(times: StageTimes, seed: int, audio_seconds: float) -> None:
     scope.record_metric("steps_per_second", round(times.steps / decoding, 2) if decoding else 0.0)
     scope.record_metric("audio_seconds", round(audio_seconds, 3))
     scope.record_metric("seed", seed)
+    scope.record_metric("decoding_path", decoding_path)

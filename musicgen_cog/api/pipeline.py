@@ -60,5 +60,5 @@ def run_prediction(
         path = outputs.write(wav, sample_rate, inputs.output_format, stem=f"musicgen-seed{seed}")
     audio_seconds = wav.shape[-1] / sample_rate
     log.info("wrote %s (%.2f s of audio) in %.1f s", path.name, audio_seconds, time.monotonic() - started)
-    record_metrics(request.times, seed, audio_seconds)
+    record_metrics(request.times, seed, audio_seconds, model.path.name)
     return path

@@ -12,8 +12,8 @@ keys, values and length alone, the same bits beside any company, in any row of t
   they take every length from device memory: one CUDA graph serves every step.
 - CPU: the same fold in torch, chunk by chunk, from elementwise products and sums only (a matrix
   product's kernel may treat a row by its place in the batch; see `SlotDecoder._per_pair`).
-- MUSICGEN_ATTENTION=sdpa: torch's scaled_dot_product_attention under a mask as far as the
-  furthest row's bucket, as the step did before; not row-invariant, kept until a GPU times both.
+- `masked_sdpa` (MUSICGEN_ATTENTION=sdpa, or a rung of the descent in `decoding_path.py`): torch's
+  scaled_dot_product_attention under a mask as far as the furthest row's bucket; not row-invariant.
 """
 
 from __future__ import annotations
@@ -23,17 +23,8 @@ import typing as tp
 
 import torch
 
-from ..environment import setting
-
-ATTENTION_ENV = "MUSICGEN_ATTENTION"
-ATTENTION_CHOICES = ("rowwise", "sdpa")
 CHUNK = 256  # positions per split; a row's result never depends on how many splits others need
 BLOCK = 64  # positions a Triton program reads at once inside its chunk
-
-
-def attention_choice() -> str:
-    """MUSICGEN_ATTENTION: "rowwise" (default: a row's result depends on the row alone) or "sdpa"."""
-    return setting(ATTENTION_ENV, ATTENTION_CHOICES)
 
 
 def rowwise_attention(
@@ -73,13 +64,13 @@ def folded_attention(
 
 
 def masked_sdpa(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, length: int
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, length: int
 ) -> torch.Tensor:
-    """The step's attention before: every row over `length` cache positions, those past its own
-    position masked by an additive bias in the query's dtype (SDPA converts a boolean mask in
-    every call)."""
+    """`rowwise_attention`'s result by SDPA: every row over `length` cache positions, those past its
+    own `lengths[b]` masked by an additive bias in the query's dtype (SDPA converts a boolean mask
+    in every call). A row's reductions reach as far as its company's: not row-invariant."""
     batch = query.shape[0]
-    allowed = torch.arange(length, device=query.device).view(1, 1, 1, -1) <= positions.view(batch, 1, 1, 1)
+    allowed = torch.arange(length, device=query.device).view(1, 1, 1, -1) < lengths.view(batch, 1, 1, 1)
     bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill_(~allowed, -torch.inf)
     k, v = keys[:batch, :, :length].to(query.dtype), values[:batch, :, :length].to(query.dtype)
     return torch.nn.functional.scaled_dot_product_attention(query, k, v, attn_mask=bias)

@@ -82,7 +82,7 @@ class SlotDecoder:
         self.lm: tp.Any = lm
         self.slots = slots
         self.length = -(-length // KV_BUCKET) * KV_BUCKET
-        self.attention = attention  # of the batched step: "rowwise" or "sdpa" (attention.attention_choice)
+        self.attention = attention  # of the batched step: "rowwise" or "sdpa" (a DecodingPath's)
         self.caches: Caches = []
 
     @property
@@ -172,10 +172,7 @@ class SlotDecoder:
             if isinstance(position, torch.Tensor):
                 keys[rows, :, position] = k[:, :, 0].to(keys.dtype)
                 values[rows, :, position] = v[:, :, 0].to(values.dtype)
-                if self.attention == "sdpa":
-                    y = masked_sdpa(q, keys, values, position, length)
-                else:
-                    y = rowwise_attention(q, keys, values, filled, length)
+                y = self.attend(q, keys, values, filled, length)
             else:
                 keys[:, :, position] = k[:, :, 0]
                 values[:, :, position] = v[:, :, 0]
@@ -186,6 +183,14 @@ class SlotDecoder:
         if lm.out_norm:
             x = lm.out_norm(x)
         return apply(partial(_logits, lm), x)
+
+    def attend(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, span: int
+    ) -> torch.Tensor:
+        """The batched step's attention: query [B, H, 1, D], row b over the first `lengths[b]`
+        positions of row b of keys and values, reading at most `span` (`attention.py`)."""
+        attention = masked_sdpa if self.attention == "sdpa" else rowwise_attention
+        return attention(query, keys, values, lengths, span)
 
     @staticmethod
     def _per_pair(

@@ -47,6 +47,11 @@ class DeviceFailed(RuntimeError):
     """The device is unusable until the process restarts."""
 
 
+class CaptureFailed(RuntimeError):
+    """A CUDA graph capture failed for a reason other than memory: graphs are off, and PyTorch's
+    allocator may be left believing a capture is under way (blocks kept for it are never freed)."""
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError | MemoryError) or (
         isinstance(exc, RuntimeError) and CPU_ALLOCATION_FAILED in str(exc)
@@ -94,10 +99,18 @@ class DeviceHealth:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.failure: BaseException | None = None
+        self.suspicion: str | None = None  # why the device, still working, should be replaced
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+    def suspect(self, reason: str) -> None:
+        """Requests go on, but health fails from now on, so that the platform replaces this server."""
+        with self._lock:
+            if self.suspicion is None:
+                self.suspicion = reason
+                log.error("%s; health now fails so that the platform replaces this server", reason)
 
     def failed(self, exc: BaseException) -> DeviceFailed:
         """Remember the first sticky error; the error every request gets from now on."""

@@ -30,7 +30,7 @@ from .progress import StepProgress, planned_steps
 from .randomness import RequestRandomness
 from .sampling import Sampling
 from .timings import StageTimes
-from .window import UNKNOWN_TOKEN, Window
+from .window import Window
 
 log = logging.getLogger(__name__)
 EXTEND_STRIDE = 18.0  # audiocraft's default: each extra window keeps 12 s of context
@@ -161,24 +161,16 @@ class _Decoding:
         # demucs draws its shifts from python's random
         stage, timed = health.stage("conditioning (T5, stems)", device), self.request.times.measure("conditioning")
         with self.randomness.python_random(), self.model.autocast(), stage, timed:
-            pair = self.attributes + ClassifierFreeGuidanceDropout(p=1.0)(self.attributes)
-            conditions = lm.condition_provider(lm.condition_provider.tokenize(pair))
+            conditions = condition_tensors(lm, self.attributes)
         if prompt is None:
             prompt = torch.zeros((1, lm.num_codebooks, 0), dtype=torch.long, device=musicgen.device)
-        pattern = lm.pattern_provider.get_pattern(frames)
-        codes = torch.full((1, lm.num_codebooks, frames), UNKNOWN_TOKEN, dtype=torch.long, device=musicgen.device)
-        codes[..., : prompt.shape[-1]] = prompt
-        sequence, _, mask = pattern.build_pattern_sequence(codes, lm.special_token_id)
-        first_step = pattern.get_first_step_with_timesteps(prompt.shape[-1])
-        assert first_step is not None, "audiocraft's generate asserts the same of every prompt it takes"
-        window = Window(
-            sequence=sequence,
-            mask=mask,
-            first_step=first_step,
-            conditions=conditions,
-            sampling=self.request.sampling,
+        window = Window.laid_out(
+            lm,
+            prompt,
+            frames,
+            conditions,
+            self.request.sampling,
             generator=self.randomness.generator,
-            special_token=lm.special_token_id,
             on_step=self.progress.advance,
             cancelled=self.request.cancelled,
             tensors_ready=self.model.streams.mark(),  # the loop's stream waits for what this one wrote
@@ -198,8 +190,7 @@ class _Decoding:
             self.request.times.add("decoding", time.monotonic() - window.admitted_at)
         self.model.streams.wait(window.result_ready)  # written on the loop's stream
         self.model.streams.keep_alive([filled])
-        codes, _, _ = pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)
-        codes = codes[..., :frames]
+        codes = window.tokens(filled)[..., :frames]
         if (codes < 0).any():  # the batched step marks a window whose logits were NaN or infinite
             raise RuntimeError("the model produced NaN or infinite logits; try again with another seed")
         assert (codes <= lm.card).all(), "every token of the window was generated"
@@ -236,6 +227,13 @@ class _Decoding:
                 cfg_coef=sampling.cfg_coef,
                 two_step_cfg=False,
             )
+
+
+def condition_tensors(lm: Any, attributes: list[ConditioningAttributes]) -> dict:
+    """The condition tensors of the CFG pair of `attributes` (conditional, then with every condition
+    dropped), as audiocraft's `LMModel.generate` computes them."""
+    pair = attributes + ClassifierFreeGuidanceDropout(p=1.0)(attributes)
+    return lm.condition_provider(lm.condition_provider.tokenize(pair))
 
 
 def _stop_if_cancelled(request: GenerationRequest) -> None:

@@ -28,11 +28,12 @@ from transformers.initialization import no_init_weights
 from ..weights import assets
 from ..weights.checkpoints import CheckpointError, load_checkpoint
 from .decoding_loop import DecodingLoop
+from .decoding_path import AUDIOCRAFT, DecodingPath, descent
 from .device import choose_device
-from .fast_decode import kv_bytes_per_slot
-from .faults import DeviceHealth, device_answers
+from .fast_decode import kv_bytes_per_slot, unsupported_reason
+from .faults import DeviceHealth, device_answers, release_cached_memory
 from .memory import SlotPlan, free_memory, plan_slots, prefill_bytes, working_memory
-from .steps import audiocrafts_loop_reason, cache_positions, steps_for
+from .steps import cache_positions, steps_for
 from .streams import NoStreams, streams_for
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class LoadedModel:
     source: Path
     weights_root: Path
     loop: DecodingLoop | None = None  # None: audiocraft's own decoding loop, one request at a time
+    path: DecodingPath = AUDIOCRAFT  # how the loop decodes (decoding_path.py)
     plan: SlotPlan | None = None  # how many slots the loop got, and why
     streams: NoStreams = field(default_factory=NoStreams)  # each thread's CUDA stream (streams.py)
     health: DeviceHealth = field(default_factory=DeviceHealth)
@@ -102,9 +104,13 @@ class LoadedModel:
         return shared.fast_dtype if shared is not None else next(self.musicgen.lm.parameters()).dtype
 
     def healthy(self) -> bool:
-        """The device works, answers, and the decoding loop runs and is not stuck (STALLED_AFTER):
-        what the predictor's `healthcheck()` tells Cog."""
-        if not self.health.ok:
+        """The device works, answers, and the decoding loop runs, is not stuck (STALLED_AFTER) and
+        has had no capture fail (the allocator may be left mid-capture: setup would have stepped
+        down a path instead): what the predictor's `healthcheck()` tells Cog."""
+        failed_capture = self.loop.steps.capture_failure if self.loop is not None else None
+        if failed_capture is not None:
+            self.health.suspect(f"{failed_capture} after setup; decoding on without graphs")
+        if not self.health.ok or self.health.suspicion is not None:
             return False
         if self.loop is not None and (not self.loop.alive or self.loop.stalled_for() > STALLED_AFTER[self.device]):
             return False
@@ -164,18 +170,26 @@ def load_model(root: Path, finetune: Path | None = None, device: str | None = No
     return model
 
 
-def start_decoding_loop(model: LoadedModel, slots: int, batched: bool | None = None) -> None:
-    """Give `model` a decoding loop (closing any it had) with the fewer of `slots` and the slots
-    that fit in the memory free now, unless its LM needs audiocraft's own loop; `batched` as
-    `steps_for` takes it. NotEnoughMemory when not one slot fits."""
+def start_decoding_loop(model: LoadedModel, slots: int, path: DecodingPath | None = None) -> None:
+    """Give `model` a decoding loop (closing any it had) that decodes as `path` (default: the
+    rung MUSICGEN_DECODER, MUSICGEN_ATTENTION and MUSICGEN_COMPILE start at), with the fewer of
+    `slots` and the slots that fit in the memory free now; none for audiocraft's own loop, or an LM
+    our steps do not reproduce. NotEnoughMemory when not one slot fits."""
     if model.loop is not None:
         model.loop.close()
         model.loop = None
-    if audiocrafts_loop_reason(model.musicgen) is not None:
+        release_cached_memory(model.device)  # the old cache's blocks count as free for the plan
+    path = path or descent(model.device)[0]
+    unsupported = unsupported_reason(model.musicgen.lm)
+    if unsupported is not None or path == AUDIOCRAFT:
+        model.path = AUDIOCRAFT
+        because = f" ({unsupported}: our steps do not reproduce it)" if unsupported else ""
+        log.info("decoding with audiocraft's own loop, one request at a time%s", because)
         return
+    model.path = path
     model.plan = plan_memory(model, slots)
     log.info("%s", model.plan.describe())
-    steps = steps_for(model.musicgen, model.plan.slots, batched, model.streams)
+    steps = steps_for(model.musicgen, model.plan.slots, path, model.streams)
     model.loop = DecodingLoop(steps, model.autocast, model.streams, model.health)
 
 

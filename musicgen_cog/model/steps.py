@@ -23,11 +23,10 @@ from functools import partial
 
 import torch
 
-from ..environment import setting
-from .attention import attention_choice
 from .conditions import longest_prefix
-from .fast_decode import KV_BUCKET, SlotDecoder, unsupported_reason
-from .faults import CAPTURING, is_out_of_memory, is_sticky, release_cached_memory
+from .decoding_path import DecodingPath
+from .fast_decode import KV_BUCKET, SlotDecoder
+from .faults import CAPTURING, CaptureFailed, is_out_of_memory, is_sticky, release_cached_memory
 from .randomness import holding_default_generators
 from .sampling import RowSampling, guided, guided_rows, sample, sample_rows
 from .streams import NoStreams
@@ -37,14 +36,6 @@ if tp.TYPE_CHECKING:
     from audiocraft.models import MusicGen
 
 log = logging.getLogger(__name__)
-DECODER_ENV = "MUSICGEN_DECODER"
-# auto: batched on a GPU, per slot on a CPU (audiocraft's exact numbers, and a CPU's products are
-# cheapest for the rows in use only); audiocraft: its own loop, one request at a time
-DECODER_CHOICES = ("auto", "batched", "per-slot", "audiocraft")
-COMPILE_ENV = "MUSICGEN_COMPILE"
-# torch.compile modes for the batched step; those that capture CUDA graphs of their own are left
-# out (the step is captured here, per shape). Off by default: see compile_mode().
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 # Steps the host may launch before the device has finished them: enough to keep the device fed,
 # few enough that progress (counted on the host) is at most this far ahead of the music.
 LOOKAHEAD = 4
@@ -55,6 +46,7 @@ class PerSlotSteps:
 
     def __init__(self, decoder: SlotDecoder):
         self.decoder = decoder
+        self._guided: dict[int, torch.Tensor] = {}  # by slot: the logits its last token was drawn from
 
     def admit(self, window: Window) -> None:
         """Prefill `window`'s prefix into its slot and write its first generated tokens."""
@@ -81,6 +73,8 @@ class PerSlotSteps:
     def vacate(self, window: Window) -> None:
         """Nothing to do: a slot's step runs only while it holds a request."""
 
+    capture_failure = None  # nothing is captured
+
     def capture_pending(self) -> None:
         """Nothing to capture: a CPU's steps run eagerly."""
 
@@ -89,11 +83,16 @@ class PerSlotSteps:
         """A step that ran out of memory can run again: its state is written after its logits."""
         return True
 
+    def guided_logits(self, slot: int) -> torch.Tensor:
+        """The guided logits [K, card] `slot`'s last token was drawn from (read by the proof)."""
+        return self._guided[slot][0]
+
     def _sample_into(self, window: Window, pair: torch.Tensor) -> None:
-        tokens = sample(guided(pair, window.sampling.cfg_coef), window.sampling, window.generator)
-        window.write(tokens)
+        logits = self._guided[window.slot] = guided(pair, window.sampling.cfg_coef)
+        window.write(sample(logits, window.sampling, window.generator))
 
     def release(self) -> None:
+        self._guided.clear()
         self.decoder.caches.clear()
 
 
@@ -168,7 +167,11 @@ class BatchedSteps:
         self.graphs_enabled = graphs  # replay captured steps (CUDA); turned off for good if a capture fails
         self.graphs: dict[int, CudaGraphStep] = {}  # by the span of the cache a step reads
         self.pending: set[int] = set()  # spans met without a graph: captured when no window decodes
+        self.capture_failure: CaptureFailed | None = None  # why graphs went off, when a capture failed
         self.state: SlotState | None = None
+        # the guided logits [slots, K, card] of the last step (a graph's own output: overwritten by
+        # its next replay); read by the proof, never by the loop
+        self.guided: torch.Tensor | None = None
         self._pool = torch.cuda.graph_pool_handle() if graphs else None  # one memory pool: graphs never run at once
 
     def admit(self, window: Window) -> None:
@@ -201,16 +204,21 @@ class BatchedSteps:
         span = self.span(max(w.position for w in windows))
         graph = self.graphs.get(span) if self.graphs_enabled else None
         if graph is not None:
-            graph.replay()
+            self.guided = graph.replay()
         else:  # no graph for it yet, and windows decode: eagerly now, captured when the loop is idle
             if self.graphs_enabled:
                 self.pending.add(span)
-            self._run_step(span, tuple(sorted(w.slot for w in windows)))
+            self.guided = self._run_step(span, tuple(sorted(w.slot for w in windows)))
         self.streams.throttle(LOOKAHEAD)
         for window in windows:
             window.position += 1
             window.advance()
         return {}
+
+    def guided_logits(self, slot: int) -> torch.Tensor:
+        """The guided logits [K, card] `slot`'s last token was drawn from (read by the proof)."""
+        assert self.guided is not None, "no step has run"
+        return self.guided[slot]
 
     def result(self, window: Window) -> torch.Tensor:
         """`window`'s filled sequence [1, K, S], copied out of its slot before the slot is reused;
@@ -243,17 +251,20 @@ class BatchedSteps:
     def capture_all(self) -> int:
         """Capture the step for every shape (after a first request has allocated the cache), so
         that no request meets a capture; the loop calls it when no window decodes. Returns the
-        graphs held."""
+        graphs held; CaptureFailed once a capture has failed for a reason other than memory."""
         if self.graphs_enabled and self.state is not None:
             self.pending.update(span for span in self.shapes() if span not in self.graphs)
             self.capture_pending()
+        if self.capture_failure is not None:  # this one, or one the loop tried when idle
+            raise self.capture_failure
         return len(self.graphs)
 
     def capture_pending(self) -> None:
         """Capture the spans met without a graph. Called only when no window decodes (a capture
         synchronises the device), holding the default generators' lock (a capture registers them:
         another thread's draw meanwhile would fail it); if MBD holds it, next time. Out of memory:
-        tried again next time; any other failure: graphs off, the step runs eagerly."""
+        tried again next time; any other failure: graphs off for good, the step runs eagerly, and
+        `capture_failure` says why."""
         if not self.pending or self.state is None:
             return
         state, device = self.state, self.state.tokens.device.type
@@ -276,10 +287,11 @@ class BatchedSteps:
                         release_cached_memory(device)
                         log.warning("CUDA graph capture ran out of memory; decoding eagerly, capturing later")
                         return
-                    # a driver or kernel that cannot be captured: stay correct, run eagerly
-                    log.warning("CUDA graph capture failed (%s); decoding without graphs from now on", exc)
+                    # a driver or kernel that cannot be captured: stay correct, run eagerly; whoever
+                    # reads capture_failure judges the allocator, which may be left mid-capture
                     self.graphs_enabled = False
                     self.pending.clear()
+                    self.capture_failure = CaptureFailed(f"CUDA graph capture failed ({type(exc).__name__}: {exc})")
                     return
                 finally:
                     CAPTURING.clear()
@@ -295,7 +307,7 @@ class BatchedSteps:
     def release(self) -> None:
         self.graphs.clear()
         self.decoder.caches.clear()
-        self.state = None
+        self.state = self.guided = None
 
     def _state(self, device: torch.device) -> SlotState:
         if self.state is None:
@@ -303,35 +315,37 @@ class BatchedSteps:
             self.state = SlotState.empty(self.decoder.slots, lm.num_codebooks, self.sequence_length, device)
         return self.state
 
-    def _run_step(self, span: int, busy: tuple[int, ...] | None = None) -> None:
-        """The step, eagerly or compiled; `busy`: the slots in use, known to an eager step only (a
-        graph or a compiled step runs every slot's rows)."""
+    def _run_step(self, span: int, busy: tuple[int, ...] | None = None) -> torch.Tensor:
+        """The step, eagerly or compiled, giving its guided logits; `busy`: the slots in use, known
+        to an eager step only (a graph or a compiled step runs every slot's rows)."""
         if self._compiled is None:
-            self._decode_step(span, busy)
-            return
+            return self._decode_step(span, busy)
         assert self.state is not None
         device = self.state.tokens.device.type
         try:
             with autocast_without_cache(device):  # as captures run it: one compiled variant, not two
-                self._compiled(span)
+                return self._compiled(span)
         except torch._dynamo.exc.TorchDynamoException as exc:  # Inductor or Triton could not build it
             log.warning("torch.compile of the decoding step failed (%s); running it eagerly from now on", exc)
             self._compiled = None
-            self._decode_step(span)
+            return self._decode_step(span)
 
-    def _decode_step(self, span: int, busy: tuple[int, ...] | None = None) -> None:
+    def _decode_step(self, span: int, busy: tuple[int, ...] | None = None) -> torch.Tensor:
         """The step a graph captures: the logits of every slot's rows over `span` cache positions,
-        then their next tokens chosen and written, the busy rows' positions and every offset advanced."""
+        then their next tokens chosen and written, the busy rows' positions and every offset
+        advanced. Gives the guided logits the tokens were drawn from."""
         assert self.state is not None
         state, decoder = self.state, self.decoder
         # the whole caches: rows are written by index (torch.compile would copy a sliced cache)
         logits = decoder._forward(state.tokens, decoder.caches, state.positions, span, busy)[:, :, 0]
-        self._choose(state, logits)
+        guided = self._choose(state, logits)
         state.positions.add_(state.advancing).clamp_(max=decoder.cache_length() - 1)
+        return guided
 
-    def _choose(self, state: SlotState, logits: torch.Tensor) -> None:
+    def _choose(self, state: SlotState, logits: torch.Tensor) -> torch.Tensor:
         """Guide, sample and write each slot's tokens at its offset from logits [2S, K, card]
-        (and remember which slots' logits were not finite: sampling never fails on a device).
+        (and remember which slots' logits were not finite: sampling never fails on a device);
+        gives the guided logits [S, K, card].
         Everything is computed before the state is written, so a step that runs out of memory
         leaves it as it was (and can be run again)."""
         slots, codebooks, length = state.sequences.shape
@@ -349,10 +363,12 @@ class BatchedSteps:
         state.sequences.scatter_(2, at, tokens)
         state.tokens.copy_(inputs)
         state.offsets.add_(1).clamp_(max=length - 1)  # a finished slot's offset stays inside its sequence
+        return logits
 
 
 class CudaGraphStep:
-    """A step with no inputs or outputs but device tensors, captured once in a CUDA graph.
+    """A step with no inputs but device tensors, captured once in a CUDA graph; a replay gives the
+    tensor the captured call returned, overwritten in place by each replay.
 
     It runs under the caller's autocast (audiocraft keeps the embeddings and output layers in
     fp32 and relies on it) with autocast's weight-cast cache off: a cached cast is freed when
@@ -360,12 +376,12 @@ class CudaGraphStep:
     warm-up runs and its capture go to `stream`: one stream for every capture.
     """
 
-    def __init__(self, step: Callable[[], None], device: str, pool: tp.Any = None, stream: tp.Any = None):
+    def __init__(self, step: Callable[[], torch.Tensor], device: str, pool: tp.Any = None, stream: tp.Any = None):
         self.pool = pool
         with autocast_without_cache(device):
             self._capture(step, stream)
 
-    def _capture(self, step: Callable[[], None], stream: tp.Any) -> None:
+    def _capture(self, step: Callable[[], torch.Tensor], stream: tp.Any) -> None:
         """Two warm-up runs (cuBLAS workspaces, Triton's kernels), then the capture, all on
         `stream`: the loop's own, which only the loop's thread uses, idle meanwhile."""
         with torch.cuda.stream(stream):
@@ -374,10 +390,11 @@ class CudaGraphStep:
             self.graph = torch.cuda.CUDAGraph()
             # thread_local: requests' threads keep running their own CUDA work (T5, stems, codec) meanwhile
             with torch.cuda.graph(self.graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"):
-                step()
+                self.output = step()
 
-    def replay(self) -> None:
+    def replay(self) -> torch.Tensor:
         self.graph.replay()
+        return self.output
 
 
 def autocast_without_cache(device: str) -> torch.autocast:
@@ -393,28 +410,13 @@ def autocast_without_cache(device: str) -> torch.autocast:
 Steps = PerSlotSteps | BatchedSteps
 
 
-def steps_for(musicgen: MusicGen, slots: int, batched: bool | None = None, streams: NoStreams | None = None) -> Steps:
-    """Our steps for `musicgen`'s LM in `slots` slots (where `audiocrafts_loop_reason` is None).
-    `batched`: all slots in one step, or not; default MUSICGEN_DECODER's choice."""
-    lm = musicgen.lm
-    choice, compile_as = decoder_choice(), compile_mode()
-    cuda = next(lm.parameters()).is_cuda
-    decoder = SlotDecoder(lm, slots, cache_positions(musicgen), attention=attention_choice())
-    if batched is None:
-        batched = choice == "batched" or (choice == "auto" and cuda)
-    if batched:
-        return BatchedSteps(decoder, window_steps(musicgen), graphs=cuda, compile_as=compile_as, streams=streams)
+def steps_for(musicgen: MusicGen, slots: int, path: DecodingPath, streams: NoStreams | None = None) -> Steps:
+    """Our steps for `musicgen`'s LM in `slots` slots, as `path` (batched or per slot) runs them."""
+    decoder = SlotDecoder(musicgen.lm, slots, cache_positions(musicgen), attention=path.attention)
+    if path.batched:
+        sequence_length = window_steps(musicgen)
+        return BatchedSteps(decoder, sequence_length, graphs=path.graphs, compile_as=path.compiled, streams=streams)
     return PerSlotSteps(decoder)
-
-
-def audiocrafts_loop_reason(musicgen: MusicGen) -> str | None:
-    """Why requests decode in audiocraft's own loop (logged), or None when our steps serve them.
-    Every setting is checked on every machine, whichever is used."""
-    choice, _, _ = decoder_choice(), attention_choice(), compile_mode()
-    reason = "MUSICGEN_DECODER=audiocraft" if choice == "audiocraft" else unsupported_reason(musicgen.lm)
-    if reason is not None:
-        log.info("decoding with audiocraft's own loop, one request at a time (%s)", reason)
-    return reason
 
 
 def window_steps(musicgen: MusicGen) -> int:
@@ -425,19 +427,3 @@ def window_steps(musicgen: MusicGen) -> int:
 def cache_positions(musicgen: MusicGen) -> int:
     """Positions a slot needs at the most: the longest condition prefix, then a whole window."""
     return longest_prefix(musicgen.lm, musicgen.max_duration) + window_steps(musicgen)
-
-
-def decoder_choice() -> str:
-    """MUSICGEN_DECODER: one of DECODER_CHOICES (default "auto")."""
-    return setting(DECODER_ENV, DECODER_CHOICES)
-
-
-def compile_mode() -> str | None:
-    """MUSICGEN_COMPILE: a torch.compile mode for the GPU's step, or off (default, or "off").
-
-    Off by default because the choice is not measured yet: the project's H100 profile put a
-    compiled step at 3.11 ms against 4.36 eager in a graph, but 75 s to compile one static shape;
-    compiled here with dynamic shapes, once for all, at warm-up, with Inductor's cache beside the
-    weights (`environment.configure`) so that a second boot reuses it."""
-    mode = setting(COMPILE_ENV, ("off", *COMPILE_MODES))
-    return None if mode == "off" else mode

@@ -33,6 +33,7 @@ class Window:
     sampling: Sampling
     generator: torch.Generator
     special_token: int
+    pattern: Any = None  # audiocraft's delay pattern the sequence is laid out in
     on_step: Callable[[], None] = lambda: None
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: Future = field(default_factory=Future)
@@ -43,6 +44,35 @@ class Window:
     slot: int = -1
     offset: int = 0  # the sequence step the next token fills
     position: int = 0  # the cache position of the next step's input
+
+    @classmethod
+    def laid_out(
+        cls, lm: Any, prompt: torch.Tensor, frames: int, conditions: dict, sampling: Sampling, **fields: Any
+    ) -> Window:
+        """The window of `frames` frames of `lm`'s codes that starts with `prompt` [1, K, T], laid out
+        in its delay pattern as audiocraft's `LMModel.generate` lays it out: steps before the first
+        step with a frame to generate are the prefix."""
+        pattern = lm.pattern_provider.get_pattern(frames)
+        codes = torch.full((1, lm.num_codebooks, frames), UNKNOWN_TOKEN, dtype=torch.long, device=prompt.device)
+        codes[..., : prompt.shape[-1]] = prompt
+        sequence, _, mask = pattern.build_pattern_sequence(codes, lm.special_token_id)
+        first_step = pattern.get_first_step_with_timesteps(prompt.shape[-1])
+        assert first_step is not None, "audiocraft's generate asserts the same of every prompt it takes"
+        return cls(
+            sequence,
+            mask,
+            first_step,
+            conditions,
+            sampling,
+            special_token=lm.special_token_id,
+            pattern=pattern,
+            **fields,
+        )
+
+    def tokens(self, filled: torch.Tensor) -> torch.Tensor:
+        """The codes [1, K, frames] of `filled`, this window's sequence as decoded."""
+        codes, _, _ = self.pattern.revert_pattern_sequence(filled, special_token=UNKNOWN_TOKEN)
+        return codes
 
     @property
     def length(self) -> int:

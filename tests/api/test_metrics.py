@@ -37,7 +37,8 @@ def test_every_prediction_reports_its_stages_steps_audio_and_seed(server, predic
     metrics = body["metrics"]
     stages = {"slot_wait_time", "conditioning_time", "decoding_time", decoder, "encoding_time"}
     assert stages <= set(metrics) and set(metrics) <= {*METRIC_NAMES.values(), "predict_time", "decoding_steps",
-                                                         "steps_per_second", "audio_seconds", "seed"}  # fmt: skip
+                                                         "steps_per_second", "audio_seconds", "seed",
+                                                         "decoding_path"}  # fmt: skip
     assert all(metrics[name] >= 0 for name in stages)
     assert sum(metrics[name] for name in stages) <= metrics["predict_time"]
     prompt = 2 if inputs.get("continuation") else 0  # seconds of the clip a continuation starts from
@@ -45,3 +46,4 @@ def test_every_prediction_reports_its_stages_steps_audio_and_seed(server, predic
     assert metrics["decoding_steps"] == steps
     assert metrics["steps_per_second"] == pytest.approx(steps / metrics["decoding_time"], rel=0.01)
     assert metrics["audio_seconds"] == audio_seconds and metrics["seed"] == 31
+    assert metrics["decoding_path"] == "per-slot"  # a CPU's default, proven at setup

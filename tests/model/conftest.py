@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from musicgen_cog.model import randomness, steps
+from musicgen_cog.model.decoding_path import LADDER
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.steps import BatchedSteps, CudaGraphStep
 from musicgen_cog.model.streams import NoStreams
@@ -26,6 +27,9 @@ def frozen(step: Any) -> dict[str, Any]:
     for name, owner in (("steps", batched), ("decoder", decoder)):
         values |= {f"{name}.{k}": v for k, v in vars(owner).items() if isinstance(v, bool | int | float | str)}
     return values
+
+
+GRAPHS = LADDER[0]  # the batched step replayed from CUDA graphs, as a GPU runs it
 
 
 class ReplayedStep(CudaGraphStep):
@@ -51,7 +55,7 @@ class ReplayedStep(CudaGraphStep):
         assert not changed, f"a stale capture was replayed: {', '.join(changed)} changed since it was captured"
         enabled, dtype = self.autocast
         with torch.autocast("cpu", dtype=dtype, enabled=enabled):
-            self.step()
+            return self.step()
 
 
 @pytest.fixture
@@ -67,10 +71,9 @@ def replayed(monkeypatch) -> list:
 def graphed(tiny_weights, replayed, monkeypatch):
     """A CPU model stepping every slot at once with graphs ('captured' as ReplayedStep), as on a GPU."""
     model = load_model(tiny_weights, device="cpu", slots=2)
-    start_decoding_loop(model, 2, batched=True)
+    start_decoding_loop(model, 2, GRAPHS)
     loop = model.loop
-    assert loop is not None and isinstance(loop.steps, BatchedSteps)
-    loop.steps.graphs_enabled = True
+    assert loop is not None and isinstance(loop.steps, BatchedSteps) and loop.steps.graphs_enabled
     monkeypatch.setattr(ReplayedStep, "loop", loop)
     return model
 

@@ -164,9 +164,3 @@ def test_the_triton_kernels_compile_for_a_gpu_without_one(arch):
     assert done.returncode == 0, done.stderr[-3000:]
     built = dict(line.split() for line in done.stdout.splitlines())
     assert set(built) == {"partials", "fold"} and all(int(size) > 0 for size in built.values())
-
-
-def test_the_attention_setting_is_checked(monkeypatch):
-    monkeypatch.setenv(attention.ATTENTION_ENV, "flash")
-    with pytest.raises(ValueError, match="MUSICGEN_ATTENTION must be one of 'rowwise', 'sdpa', got 'flash'"):
-        attention.attention_choice()

@@ -14,6 +14,7 @@ import torch
 
 from musicgen_cog.audio.decoding import Audio
 from musicgen_cog.model.decoding_loop import GenerationCancelled
+from musicgen_cog.model.decoding_path import BATCHED
 from musicgen_cog.model.generation import GenerationRequest, generate_tokens
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.randomness import RequestRandomness
@@ -70,7 +71,7 @@ def model(request, tiny_weights):
     GPU's, run on a CPU): both give a request the same numbers alone and in any company."""
     loaded = load_model(tiny_weights, device="cpu", slots=SLOTS)
     if request.param == "all-slots":
-        start_decoding_loop(loaded, SLOTS, batched=True)
+        start_decoding_loop(loaded, SLOTS, BATCHED)
     return loaded
 
 
@@ -118,7 +119,7 @@ def eight_slots(tiny_weights):
     """The batched step over 8 slots (the server's default), on a CPU; and the seeded request's
     tokens when it is alone (slot 0, the other seven free)."""
     loaded = load_model(tiny_weights, device="cpu", slots=EIGHT)
-    start_decoding_loop(loaded, EIGHT, batched=True)
+    start_decoding_loop(loaded, EIGHT, BATCHED)
     return loaded, tokens(loaded, *SEEDED)
 
 

@@ -16,12 +16,12 @@ import torch
 from musicgen_cog.audio.decoding import Audio
 from musicgen_cog.model import steps
 from musicgen_cog.model.decoding_loop import GenerationCancelled
+from musicgen_cog.model.decoding_path import DECODER_ENV, PER_SLOT, DecodingPath
 from musicgen_cog.model.fast_decode import KV_BUCKET, unsupported_reason
 from musicgen_cog.model.generation import GenerationRequest, generate_tokens
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
-from musicgen_cog.model.steps import DECODER_ENV
 from musicgen_cog.model.warm_up import warm_up
 from musicgen_cog.weights.random_weights import write_finetune
 from tests.helpers import decoding_steps, tone
@@ -45,9 +45,7 @@ def model(tiny_weights):
 
 def with_decoder(model, batched: bool = False, graphs: bool = False):
     """`model` with a fresh loop over fresh steps of the given kind (CPU runs both kinds)."""
-    start_decoding_loop(model, model.loop.slots, batched=batched)
-    if batched:
-        model.loop.steps.graphs_enabled = graphs
+    start_decoding_loop(model, model.loop.slots, DecodingPath("batched", graphs=graphs) if batched else PER_SLOT)
     return model
 
 
@@ -162,7 +160,12 @@ def test_graph_steps_are_captured_under_the_callers_autocast_without_its_cache(t
     assert replayed == [(True, torch.bfloat16, False, True, 0)]  # autocast, no cast cache, generators held
 
 
-def test_a_failed_capture_falls_back_to_eager_steps_with_one_warning(model, tiny_weights, monkeypatch, logs):
+def test_a_capture_that_fails_after_setup_falls_back_to_eager_steps_and_fails_health(
+    model, tiny_weights, monkeypatch, logs
+):
+    """Not out of memory: graphs go off for good and requests decode on eagerly, but PyTorch's
+    allocator may believe a capture is still under way, so health fails and the platform replaces
+    the server."""
     attempts = []
 
     class UncapturableStep(ReplayedStep):
@@ -177,10 +180,11 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_one_warning(model, tiny
         assert torch.equal(ours(graphing, "text", temperature=0.0), expected)
         after_idle(graphing)
     assert len(attempts) == 1 and not graphing.loop.steps.graphs_enabled  # off after the first failure
-    warnings = [r.getMessage() for r in logs.records if r.levelno == logging.WARNING]
-    assert warnings == [
-        "CUDA graph capture failed (operation not permitted when stream is capturing); "
-        "decoding without graphs from now on"
+    assert not graphing.healthy() and graphing.health.ok  # replace it; its requests do not fail
+    errors = [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING]
+    assert errors == [
+        "CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing) after setup; "
+        "decoding on without graphs; health now fails so that the platform replaces this server"
     ]
 
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from musicgen_cog.model import fast_decode, sampling, steps
+from musicgen_cog.model import decoding_path, fast_decode, sampling, steps
+from musicgen_cog.model.decoding_path import BATCHED, batched_start
 from musicgen_cog.model.fast_decode import KV_BUCKET
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.steps import BatchedSteps
@@ -123,7 +124,7 @@ def test_a_span_met_without_a_graph_runs_eagerly_and_is_captured_once_nothing_de
     loop is idle (its warm-up runs' advance of the state put back), and the next request replays
     it to the same tokens. Row-wise attention: one graph for every step; SDPA: one per bucket."""
     eager = load_model(tiny_weights, device="cpu", slots=2)
-    start_decoding_loop(eager, 2, batched=True)
+    start_decoding_loop(eager, 2, BATCHED)
     assert eager.loop is not None and graphed.loop is not None
     eager.loop.decoder.attention = graphed.loop.decoder.attention = attention
     spec = request(12, top_p=0.9)  # 600 steps: three buckets
@@ -167,7 +168,7 @@ def test_every_step_runs_every_slots_rows_and_free_slots_stay_at_position_zero(t
     """Fixed shapes: a step's matrix products, norms and sampling never change with the company;
     a free slot's rows stay at position 0, so they read one position of the cache."""
     model = load_model(tiny_weights, device="cpu", slots=3)
-    start_decoding_loop(model, 3, batched=True)
+    start_decoding_loop(model, 3, BATCHED)
     assert model.loop is not None and isinstance(model.loop.steps, BatchedSteps)
     batched, decoder, seen = model.loop.steps, model.loop.decoder, []
     forward = decoder._forward
@@ -186,7 +187,7 @@ def test_every_step_runs_every_slots_rows_and_free_slots_stay_at_position_zero(t
 
 
 def test_the_compile_setting_is_checked_on_every_machine(tiny_weights, monkeypatch):
-    monkeypatch.setenv(steps.COMPILE_ENV, "reduce-overhead")  # captures graphs of its own: not offered
+    monkeypatch.setenv(decoding_path.COMPILE_ENV, "reduce-overhead")  # captures graphs of its own: not offered
     with pytest.raises(
         ValueError, match="MUSICGEN_COMPILE must be one of 'off', 'default', 'max-autotune-no-cudagraphs'"
     ):
@@ -202,9 +203,9 @@ def test_the_compiled_step_gives_the_eager_steps_tokens(tiny_weights, monkeypatc
     exact = load_model(tiny_weights, device="cpu", slots=2)
     specs = [(1, request(2, temperature=0.0)), (2, request(6, temperature=0.0))]  # 6 s: past one bucket
     expected = [tokens(exact, *spec) for spec in specs]
-    monkeypatch.setenv(steps.COMPILE_ENV, "default")
+    monkeypatch.setenv(decoding_path.COMPILE_ENV, "default")
     compiled = load_model(tiny_weights, device="cpu", slots=2)
-    start_decoding_loop(compiled, 2, batched=True)
+    start_decoding_loop(compiled, 2, batched_start("cpu"))
     assert compiled.loop is not None and isinstance(compiled.loop.steps, BatchedSteps)
     assert compiled.loop.steps._compiled is not None
     assert all(torch.equal(tokens(compiled, *spec), reference) for spec, reference in zip(specs, expected, strict=True))
@@ -219,9 +220,9 @@ def test_a_step_that_cannot_be_compiled_runs_eagerly_with_one_warning(tiny_weigh
 
     exact = load_model(tiny_weights, device="cpu", slots=2)
     expected = tokens(exact, 1, request(2, temperature=0.0))
-    monkeypatch.setenv(steps.COMPILE_ENV, "default")
+    monkeypatch.setenv(decoding_path.COMPILE_ENV, "default")
     model = load_model(tiny_weights, device="cpu", slots=2)
-    start_decoding_loop(model, 2, batched=True)
+    start_decoding_loop(model, 2, batched_start("cpu"))
     assert model.loop is not None and isinstance(model.loop.steps, BatchedSteps)
     attempts = []
 

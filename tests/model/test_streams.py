@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from musicgen_cog.model.decoding_path import BATCHED, PER_SLOT
 from musicgen_cog.model.generation import GenerationRequest, generate
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.randomness import RequestRandomness
@@ -38,7 +39,7 @@ class Recorded(RecordingStreams):
 def recorded(request, tiny_weights, monkeypatch):
     model = load_model(tiny_weights, device="cpu", slots=2)
     model.streams = streams = Recorded()
-    start_decoding_loop(model, 2, batched=request.param == "batched")
+    start_decoding_loop(model, 2, BATCHED if request.param == "batched" else PER_SLOT)
     loop = model.loop
     assert loop is not None
     submit, prefill, result = loop.submit, loop.decoder.prefill, loop.steps.result
@@ -100,7 +101,7 @@ def test_the_batched_step_lets_the_host_run_ahead_by_the_lookahead_only(tiny_wei
 
     model = load_model(tiny_weights, device="cpu", slots=2)
     model.streams = streams = Recorded()
-    start_decoding_loop(model, 2, batched=True)
+    start_decoding_loop(model, 2, BATCHED)
     generate(model, GenerationRequest(**request(1)), RequestRandomness(1, "cpu"))
     throttles = [call for call in streams.calls if call[1] == "throttle"]
     assert throttles and all(call == (LOOP, "throttle", LOOKAHEAD) for call in throttles)
