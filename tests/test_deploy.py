@@ -99,6 +99,11 @@ def test_slots_agree_everywhere_and_the_autoscaler_targets_cog_yamls_default_tar
     assert adapter["name"]["as"] == "musicgen_predictions_in_flight"
 
 
+def test_the_image_has_the_c_compiler_triton_builds_its_kernel_launcher_with():
+    """Without one the row-wise attention cannot launch, and every GPU boot steps down a rung."""
+    assert "gcc" in cog_yaml()["build"]["system_packages"]
+
+
 def test_every_server_drains_on_sigterm_within_the_time_it_is_given():
     assert "TINI_KILL_PROCESS_GROUP=1" in cog_yaml()["environment"]  # baked into the image
     deployment = load(KUBERNETES / "deployment.yaml")
