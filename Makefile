@@ -61,8 +61,11 @@ demo: setup  ## fresh machine, no weights: tiny random weights, then one predict
 	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.commands.tiny_weights $(TINY_WEIGHTS_DIR)
 	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.commands.cog_predict -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
 
-bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, first request, concurrency, step breakdown, interference, stage memory, load, speed (last line: speedup)
+bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, the path's proof, first request, concurrency, step breakdown, interference, stage memory, load, speed (last line: speedup)
 	$(PY) -m bench.setup_time
+	$(PY) -m bench.proof tiny
+	MUSICGEN_DECODER=batched $(PY) -m bench.proof tiny
+	COG_MAX_CONCURRENCY=1 $(PY) -m bench.proof full
 	$(PY) -m bench.first_request
 	$(PY) -m bench.concurrency
 	$(PY) -m bench.steps

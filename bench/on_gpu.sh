@@ -33,7 +33,8 @@ case "$part" in
     else
       echo "pytest is not installed here (see the top of this script): GPU tests skipped"
     fi
-    run 140 python3 -m bench.steps 8 30                 # B = 1, 4, 8, 16 against the floor; attention alone
+    run 100 python3 -m bench.proof full                 # setup's proof on this card (writes the full-size weights once)
+    run 120 python3 -m bench.steps 8 30                 # B = 1, 4, 8, 16 against the floor; attention alone
     run 50 python3 -m bench.interference 8 4            # the step beside MBD, melody conditioning, heavy kernels
     run 100 python3 -m bench.first_request 8            # boot, first request vs warm, memory by parts at 8 slots
     run 50 python3 -m bench.concurrency 8 ;;            # throughput at N = 1, 4, 8, 16
