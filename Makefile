@@ -17,7 +17,7 @@ PLAYGROUND_WEIGHTS = $(if $(filter file,$(origin WEIGHTS_DIR)),$(TINY_WEIGHTS_DI
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export WEIGHTS_DIR PLAYGROUND_HOST PLAYGROUND_PORT
 
-.PHONY: help setup system-packages test test-fast lint weights tiny-weights predict demo serve playground schema bench lock
+.PHONY: help setup system-packages test test-fast lint mutants weights tiny-weights predict demo serve playground schema bench lock
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,9 @@ lint: setup  ## ruff (lint and format check) and mypy over the package, tests an
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+mutants: setup  ## mutation testing (mutmut) of the core modules, each against its own tests: MODULES="steps drain" for some (docs/mutants.md)
+	$(PY) -m tests.mutants $(MODULES)
 
 weights: setup  ## fetch every real asset into WEIGHTS_DIR: pinned in its assets.lock.json, verified, resumable
 	$(PY) -m musicgen_cog.commands.fetch_weights $(WEIGHTS_DIR)

@@ -1,0 +1,146 @@
+"""`make mutants`: mutmut over the modules where a silent bug costs most, each against its own tests.
+
+Each module runs in a folder of its own, mutants/<module>/ (its mutmut config, links to the tree,
+and mutmut's copy of it), from scratch every time, so a new test shows up as a killed mutant. One
+line per module; fails if a module catches under 90 %, or a survivor is not explained in
+docs/mutants.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "mutants"
+EXPLAINED = ROOT / "docs" / "mutants.md"
+THRESHOLD = 0.90
+CAPTURES = "tests/model/test_faults.py::test_a_capture_that_"
+# module: its source, and its own tests (tests/<folder>/test_<module>.py), with the tests of its
+# paths that live beside the behaviour they serve: a capture's failures and autocast with the faults
+# and the step's numbers, the loop's faults (out of memory, sticky errors, health) with the faults
+MODULES = {
+    "attention": ("musicgen_cog/model/attention.py", ["tests/model/test_attention.py"]),
+    "steps": (
+        "musicgen_cog/model/steps.py",
+        [
+            "tests/model/test_steps.py",
+            CAPTURES + "runs_out_of_memory_is_tried_again_later_and_graphs_stay_on",
+            CAPTURES + "fails_oddly_turns_graphs_off_and_the_loop_goes_on",
+            "tests/model/test_fast_decode.py::test_graph_steps_are_captured_under_the_callers_autocast_without_its_cache",
+        ],
+    ),
+    "decoding_loop": (
+        "musicgen_cog/model/decoding_loop.py",
+        ["tests/model/test_decoding_loop.py", "tests/model/test_faults.py"],
+    ),
+    "window": ("musicgen_cog/model/window.py", ["tests/model/test_window.py"]),
+    "sampling": ("musicgen_cog/model/sampling.py", ["tests/model/test_sampling.py"]),
+    "memory": ("musicgen_cog/model/memory.py", ["tests/model/test_memory.py"]),
+    "drain": ("musicgen_cog/serving/drain.py", ["tests/serving/test_drain.py"]),
+    "inputs": ("musicgen_cog/api/inputs.py", ["tests/api/test_inputs.py"]),
+    "normalization": ("musicgen_cog/audio/normalization.py", ["tests/audio/test_normalization.py"]),
+}
+# what the tests read besides the package and tests/ (mutmut copies those two and pyproject.toml)
+ALSO_COPY = ["predict.py", "bench", "docs"]
+
+
+@dataclass
+class Outcome:
+    module: str
+    counts: dict[str, int]
+    seconds: float
+    survivors: list[str]  # "name: status" of each mutant no test caught
+
+    @property
+    def caught(self) -> int:
+        return self.counts["killed"] + self.counts["timeout"]
+
+    @property
+    def share(self) -> float:
+        return self.caught / self.counts["total"] if self.counts["total"] else 1.0
+
+    def line(self) -> str:
+        c = self.counts
+        others = c["total"] - self.caught - c["survived"]  # no tests, suspicious, segfault
+        return (
+            f"{self.module:<14} made {c['total']:4d}  killed {c['killed']:4d}  survived {c['survived']:3d}  "
+            f"timed out {c['timeout']:3d}  other {others:2d}  caught {100 * self.share:5.1f} %  "
+            f"in {self.seconds:6.0f} s"
+        )
+
+
+def configure(module: str) -> Path:
+    """mutants/<module>/ afresh: links to the tree, and pyproject.toml with mutmut's settings for it."""
+    source, tests = MODULES[module]
+    folder = WORK / module
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in ["musicgen_cog", "tests", *ALSO_COPY]:
+        (folder / name).symlink_to(ROOT / name)
+    settings = {
+        "source_paths": ["musicgen_cog"],
+        "only_mutate": [source],
+        "also_copy": ALSO_COPY,
+        "pytest_add_cli_args_test_selection": tests,
+        "pytest_add_cli_args": ["-m", "not slow", "-p", "no:cacheprovider"],
+    }
+    mutmut = "\n[tool.mutmut]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    (folder / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + mutmut)
+    # the tests' tiny random weights, built once in the tree's own cache rather than per module
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    (folder / "mutants").mkdir()
+    (folder / "mutants" / ".cache").symlink_to(ROOT / ".cache")
+    return folder
+
+
+def mutmut(folder: Path, *args: str, log: Path | None = None) -> str:
+    command = [str(Path(sys.executable).with_name("mutmut")), *args]
+    # mutmut forks each mutant from the process that ran the tests once (imports, models and kernels
+    # warm); a child forked after OpenMP's threads started would hang, so torch runs on one thread
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if log is None:
+        return subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, check=True).stdout
+    with log.open("w") as out:
+        subprocess.run(command, cwd=folder, env=environment, stdout=out, stderr=subprocess.STDOUT, check=True)
+    return ""
+
+
+def run(module: str) -> Outcome:
+    """All of `module`'s mutants against its own tests, one at a time (one child: a 2-core machine)."""
+    folder = configure(module)
+    start = time.monotonic()
+    mutmut(folder, "run", "--max-children", "1", log=folder / "mutmut.log")
+    seconds = time.monotonic() - start
+    mutmut(folder, "export-cicd-stats")
+    counts = json.loads((folder / "mutants" / "mutmut-cicd-stats.json").read_text())
+    survivors = [line.strip() for line in mutmut(folder, "results").splitlines() if ": " in line]
+    return Outcome(module, counts, seconds, survivors)
+
+
+def main(names: list[str]) -> int:
+    unknown = sorted(set(names) - set(MODULES))
+    if unknown:
+        print(f"unknown modules {unknown}; known: {' '.join(MODULES)}")
+        return 2
+    explained = EXPLAINED.read_text() if EXPLAINED.is_file() else ""
+    failed, start = False, time.monotonic()
+    for name in names or list(MODULES):
+        outcome = run(name)
+        print(outcome.line(), flush=True)
+        unexplained = [s for s in outcome.survivors if s.split(":")[0] not in explained]
+        for survivor in outcome.survivors:
+            print(f"    {survivor}{'  (not in docs/mutants.md)' if survivor in unexplained else ''}")
+        failed |= outcome.share < THRESHOLD or bool(unexplained)
+    print(f"all in {time.monotonic() - start:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
