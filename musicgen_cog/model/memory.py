@@ -30,6 +30,7 @@ MBD = 3 * GIB  # weights and a window's working memory of MultiBand Diffusion: e
 # cuBLAS keeps a workspace per stream (32 MiB on Hopper): the loop's, the capture's, each request's
 CUBLAS_WORKSPACE = 32 * MIB
 STEP_WORK_PER_SLOT = 4 * MIB  # a slot's share of a step's own tensors (logits, sampling) and slot state
+MEMINFO = Path("/proc/meminfo")
 CGROUP = Path("/sys/fs/cgroup")
 # (limit, usage) files of cgroup v2, then v1
 CGROUP_FILES = (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"))
@@ -127,7 +128,7 @@ def free_memory(device: str) -> int:
 
 
 def _meminfo_available() -> int:
-    text = Path("/proc/meminfo").read_text()
+    text = MEMINFO.read_text()
     found = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
     assert found, "/proc/meminfo has no MemAvailable (Linux 3.14 and later have it)"
     return int(found.group(1)) * 1024

@@ -35,15 +35,27 @@ def test_a_melody_size_slot_takes_1_36_gb_in_fp16_and_twice_that_in_fp32():
     assert CPU_SLOT == 2 * GPU_SLOT
 
 
+# The other stages beside 8 predictions on a GPU, stage by stage as docs/memory-and-faults.md gives
+# them, worked out here by hand: T5 64 MiB and htdemucs 1,400 MiB; a prefill of 1.5 fp16 slots; the
+# codec's 48 MiB and 42 MiB per second of a 30 s window; MBD 3 GiB; a 32 MiB cuBLAS workspace for
+# each of 10 streams (the loop's, the health check's, 8 predictions').
+STAGES_OF_8_ON_A_GPU = [1_535_115_264, 2_038_431_744, 1_371_537_408, 3_221_225_472, 335_544_320]
+A_GPU_SLOT_AND_ITS_STEP_WORK = 1_358_954_496 + 4_194_304
+
+
 @pytest.mark.parametrize("card, slots", [(16, 2), (24, 8), (80, 8)])
 def test_the_slots_a_gpu_card_gets_for_the_default_limit_of_8(card, slots, monkeypatch):
+    """The planner's sum and division against the figures above: what fits (49 on 80 GB), capped at the limit."""
     free = card * 10**9 - RESIDENT_ON_A_GPU
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *device: (free, card * 10**9))
-    working = melody("cuda", 8)
-    plan = plan_slots(8, GPU_SLOT, working, free_memory("cuda"), "cuda")
-    assert plan.slots == slots
-    assert plan.free == free and plan.working.total == working.total
-    assert plan.describe().startswith(f"KV cache: {slots} of 8 slots fit in {free / 1e9:.2f} GB free on the cuda (")
+    plan = plan_slots(8, GPU_SLOT, melody("cuda", 8), free_memory("cuda"), "cuda")
+    assert plan.working.total == sum(STAGES_OF_8_ON_A_GPU) and plan.per_slot == A_GPU_SLOT_AND_ITS_STEP_WORK
+    assert plan.slots == min(8, (free - sum(STAGES_OF_8_ON_A_GPU)) // A_GPU_SLOT_AND_ITS_STEP_WORK) == slots
+    assert plan.describe() == (
+        f"KV cache: {slots} of 8 slots fit in {free / 1e9:.2f} GB free on the cuda (1.36 GB each; kept for the "
+        "other stages: conditioning 1.54 GB, prefill 2.04 GB, codec 1.37 GB, MultiBand Diffusion 3.22 GB, "
+        "and cuBLAS workspaces 0.34 GB)"
+    )
 
 
 def test_an_80_gb_card_holds_far_more_than_8_slots_when_the_limit_allows():
@@ -63,18 +75,49 @@ def cgroup(tmp_path, limit: int | str, usage: int, version: int = 2):
     return root
 
 
+MACHINE_AVAILABLE = 8 * GIB
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch) -> int:
+    """A machine whose /proc/meminfo says MACHINE_AVAILABLE is available (the real file changes
+    between two reads)."""
+    meminfo = tmp_path / "meminfo"
+    kilobytes = MACHINE_AVAILABLE // 1024
+    meminfo.write_text(f"MemTotal: 16777216 kB\nMemFree: 1048576 kB\nMemAvailable: {kilobytes:>10} kB\nBuffers: 4 kB\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+    return MACHINE_AVAILABLE
+
+
+def test_without_a_container_the_cpu_has_the_machines_available_memory(machine, monkeypatch):
+    monkeypatch.setattr(memory, "CGROUP", memory.CGROUP / "absent")
+    assert free_memory("cpu") == machine
+
+
 @pytest.mark.parametrize("version", [2, 1])
-def test_a_containers_limit_caps_the_cpus_free_memory(tmp_path, monkeypatch, version):
+def test_a_containers_limit_caps_the_cpus_free_memory(tmp_path, monkeypatch, machine, version):
     monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, 4 * GIB, 1 * GIB, version))
-    assert free_memory("cpu") == min(3 * GIB, memory._meminfo_available())
+    assert free_memory("cpu") == 3 * GIB
 
 
-def test_no_limit_leaves_the_machines_available_memory(tmp_path, monkeypatch):
-    monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, "max", 1 * GIB))
-    assert free_memory("cpu") == memory._meminfo_available()
+@pytest.mark.parametrize("version", [2, 1])
+def test_a_container_with_room_to_spare_gets_what_the_machine_has_available(tmp_path, monkeypatch, machine, version):
+    monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, 64 * GIB, 1 * GIB, version))
+    assert free_memory("cpu") == machine
 
 
-def test_a_4_gb_container_cannot_hold_a_melody_size_slot_and_says_what_it_needs(tmp_path, monkeypatch):
+def test_a_container_over_its_limit_has_nothing_free(tmp_path, monkeypatch, machine):
+    monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, 4 * GIB, 5 * GIB))
+    assert free_memory("cpu") == 0
+
+
+@pytest.mark.parametrize("limit, version", [("max", 2), (2**63 - 4096, 1)], ids=["v2-max", "v1-huge-number"])
+def test_no_limit_leaves_the_machines_available_memory(tmp_path, monkeypatch, machine, limit, version):
+    monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, limit, 1 * GIB, version))
+    assert free_memory("cpu") == machine
+
+
+def test_a_4_gb_container_cannot_hold_a_melody_size_slot_and_says_what_it_needs(tmp_path, monkeypatch, machine):
     monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, 4 * GIB, int(0.5 * GIB)))
     working = melody("cpu", 8)
     with pytest.raises(NotEnoughMemory) as refused:
