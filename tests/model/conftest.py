@@ -40,7 +40,7 @@ class ReplayedStep(CudaGraphStep):
     loop: ClassVar[Any] = None  # the decoding loop whose windows a capture must not meet
 
     def _capture(self, step, stream):
-        self.step = step
+        self.step, self.stream = step, stream
         self.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
         active = len(self.loop._active) if self.loop is not None else 0
         held = randomness._TORCH_DEFAULT.locked()

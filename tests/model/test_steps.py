@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -19,10 +21,11 @@ from musicgen_cog.model import decoding_path, fast_decode, sampling, steps
 from musicgen_cog.model.decoding_path import BATCHED, batched_start
 from musicgen_cog.model.fast_decode import KV_BUCKET
 from musicgen_cog.model.loading import load_model, start_decoding_loop
-from musicgen_cog.model.steps import BatchedSteps
+from musicgen_cog.model.steps import BatchedSteps, SlotState
 from musicgen_cog.model.warm_up import warm_up
 from tests.helpers import decoding_steps
-from tests.model.test_decoding_loop import after_idle, request, together, tokens
+from tests.model.conftest import GRAPHS, RecordingStreams, ReplayedStep
+from tests.model.test_decoding_loop import after_idle, request, together, tokens, wait_until
 
 
 class HostTraffic(TorchDispatchMode):
@@ -184,6 +187,238 @@ def test_every_step_runs_every_slots_rows_and_free_slots_stay_at_position_zero(t
     assert all(rows == 6 and positions[2:] == [0, 0, 0, 0] and busy == (0,) for rows, positions, busy in seen)
     assert [positions[0] for _, positions, _ in seen] == list(range(seen[0][1][0], seen[0][1][0] + len(seen)))
     assert batched.state is not None and batched.state.positions.tolist() == [0] * 6  # it left: rows back at 0
+
+
+def test_a_slot_its_request_left_stays_at_position_zero_while_another_decodes(tiny_weights, monkeypatch):
+    """`vacate` stops a freed slot's rows: while the request beside it decodes on, they read position
+    0 every step, instead of walking on through the cache (and past its end) with nobody in it."""
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(model, 2, BATCHED)
+    loop = model.loop
+    assert loop is not None
+    submit, step, forward = loop.submit, loop.steps.step, loop.decoder._forward
+    queued: list[Any] = []
+    seen: list[tuple[list[int], Any]] = []
+    changed = threading.Condition()
+
+    def counted_submit(window):
+        done = submit(window)
+        with changed:
+            queued.append(window)
+            changed.notify_all()
+        return done
+
+    def held_step(windows):
+        if len(seen) == 20:  # the long request's 21st step waits for the short one: it joins, then leaves
+            with changed:
+                assert changed.wait_for(lambda: len(queued) == 2, timeout=60), "the short request never came"
+        return step(windows)
+
+    def recorded(sequence, caches, positions, span, busy):
+        seen.append((positions.tolist(), busy))
+        return forward(sequence, caches, positions, span, busy)
+
+    monkeypatch.setattr(loop, "submit", counted_submit)
+    monkeypatch.setattr(loop.steps, "step", held_step)
+    monkeypatch.setattr(loop.decoder, "_forward", recorded)
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(tokens, model, 1, request(4))
+        wait_until(lambda: len(seen) == 20)
+        assert tokens(model, 2, request(1)).shape[-1] == 50
+        assert long.result().shape[-1] == 200
+    shared = [i for i, (_, busy) in enumerate(seen) if busy == (0, 1)]
+    after = seen[shared[-1] + 1 :]  # the steps the long request took alone again, slot 1 freed
+    assert len(shared) >= 50 and len(after) > 100
+    assert all(busy == (0,) and positions[2:] == [0, 0] for positions, busy in after)
+
+
+def test_the_slot_state_is_made_on_the_device_given_and_narrowed_to_views_of_one_slot():
+    """Every tensor of an empty state (3 slots, 4 codebooks, sequences of 10) is zeros on the device
+    given, whatever torch's default device; `narrow(1)` gives views of slot 1's two rows and its
+    values, its sampling rule included: writing through them writes slot 1 and nothing else."""
+    with torch.device("meta"):  # as a GPU's state is made while torch's default device is the CPU
+        state = SlotState.empty(3, 4, 10, torch.device("cpu"))
+    tensors = state.tensors()
+    assert [(tuple(t.shape), t.dtype, t.device.type) for t in tensors] == [
+        ((6, 4, 1), torch.long, "cpu"),  # tokens
+        ((6,), torch.long, "cpu"),  # positions
+        ((3,), torch.long, "cpu"),  # offsets
+        ((3, 4, 10), torch.long, "cpu"),  # sequences
+        ((3, 4, 10), torch.bool, "cpu"),  # masks
+        ((3, 10, 4), torch.float32, "cpu"),  # uniforms
+        ((3,), torch.bool, "cpu"),  # faults
+        ((6,), torch.long, "cpu"),  # advancing
+        ((3,), torch.float32, "cpu"),  # temperature
+        ((3,), torch.long, "cpu"),  # top_k
+        ((3,), torch.float32, "cpu"),  # top_p
+        ((3,), torch.float32, "cpu"),  # cfg_coef
+    ]
+    assert not any(t.any() for t in tensors)
+    for view in state.narrow(1).tensors():
+        view.fill_(1)
+    written = [t.reshape(t.shape[0], -1).bool().any(dim=1).tolist() for t in tensors]
+    assert written == [
+        [False, False, True, True, False, False] if t.shape[0] == 6 else [False, True, False] for t in tensors
+    ]
+
+
+def test_the_batched_step_makes_everything_it_needs_on_the_models_device(tiny_weights):
+    """On a GPU torch's default device stays the CPU while the model is on CUDA: a tensor made
+    without the model's device would be on the wrong one. Here the loop's thread defaults to `meta`."""
+    reference = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(reference, 2, BATCHED)
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(model, 2, BATCHED)
+    assert model.loop is not None
+    model.loop.call(lambda: torch.set_default_device("meta")).result(timeout=60)  # the loop's thread only
+    assert torch.equal(tokens(model, 3, request(1, top_p=0.9)), tokens(reference, 3, request(1, top_p=0.9)))
+
+
+def test_requests_exactly_as_long_as_the_slot_state_and_the_cache_decode_their_own_tokens(tiny_weights, monkeypatch):
+    """Sequences and cache allocated for exactly one window (the cache: one bucket, all of it what
+    the window needs): its last token fills the last place of its sequence. Two such requests in
+    turn, beside a free slot whose offset goes on advancing (held at the sequence's end), give the
+    tokens they give with room to spare; the second asks for top_k the codebook's size, the most the
+    inputs allow."""
+    roomy = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(roomy, 2, BATCHED)
+    assert roomy.loop is not None
+    lm, lengths, positions = roomy.musicgen.lm, [], []
+    forward, admit = roomy.loop.decoder._forward, roomy.loop.steps.admit
+
+    def recorded(sequence, caches, rows, span, busy):
+        positions.append(int(rows[0]))
+        return forward(sequence, caches, rows, span, busy)
+
+    def measured(window):
+        lengths.append(window.length)
+        return admit(window)
+
+    monkeypatch.setattr(roomy.loop.decoder, "_forward", recorded)
+    monkeypatch.setattr(roomy.loop.steps, "admit", measured)
+    tokens(roomy, 1, {**request(1), "prompt": "exactly"})
+    # 1 s, and as many frames more as fill the bucket: a window needs a position past its last step's
+    frames = int(roomy.musicgen.frame_rate) + KV_BUCKET - 2 - max(positions)
+    seconds = (frames + 0.5) / roomy.musicgen.frame_rate
+    specs = [(1, request(seconds)), (2, request(seconds, top_k=lm.card))]
+    specs = [(seed, {**spec, "prompt": "exactly"}) for seed, spec in specs]
+    positions.clear()
+    expected = [tokens(roomy, *spec) for spec in specs]
+    assert max(positions) == KV_BUCKET - 2
+    monkeypatch.setattr(steps, "window_steps", lambda musicgen: lengths[-1])
+    monkeypatch.setattr(steps, "cache_positions", lambda musicgen: KV_BUCKET)
+    exact = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(exact, 2, BATCHED)
+    assert exact.loop is not None
+    assert all(torch.equal(tokens(exact, *spec), reference) for spec, reference in zip(specs, expected, strict=True))
+    assert isinstance(exact.loop.steps, BatchedSteps) and exact.loop.steps.sequence_length == lengths[-1]
+    assert exact.loop.decoder.cache_length() == KV_BUCKET
+
+
+def test_a_top_k_past_the_codebook_fails_alone_with_the_reason(graphed):
+    card = graphed.musicgen.lm.card
+    failed, succeeded = together(graphed, [(1, request(1, top_k=card + 1)), (2, request(1))])
+    assert isinstance(failed, ValueError)
+    assert str(failed) == f"top_k {card + 1} is out of range: 0 to the codebook size {card}"
+    assert succeeded.shape[-1] == 50
+
+
+def test_the_host_runs_at_most_lookahead_steps_ahead_of_the_device(tiny_weights):
+    """Every step throttles the host to LOOKAHEAD steps ahead of the device (a CUDA event's wait)."""
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    model.streams = streams = RecordingStreams()
+    start_decoding_loop(model, 2, BATCHED)
+    tokens(model, 1, request(1))
+    throttles = [detail for _, what, detail in streams.calls if what == "throttle"]
+    assert throttles == [steps.LOOKAHEAD] * (decoding_steps(model.musicgen, 1) - 1)
+
+
+class CaptureStream(RecordingStreams):
+    def capture(self):
+        return "the loop's stream"
+
+
+def test_capture_all_captures_every_span_once_the_cache_exists_in_one_pool_on_the_loops_stream(
+    tiny_weights, replayed, monkeypatch
+):
+    """What warm-up runs when no window decodes: nothing before a request has allocated the cache;
+    then a graph for every span a step can take (SDPA: every bucket of the cache), all in one memory
+    pool (graphs never run at once), captured on the loop's stream; with graphs off, none again."""
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    model.streams = CaptureStream()
+    start_decoding_loop(model, 2, GRAPHS)
+    loop = model.loop
+    assert loop is not None and isinstance(loop.steps, BatchedSteps)
+    monkeypatch.setattr(ReplayedStep, "loop", loop)
+    batched, decoder = loop.steps, loop.decoder
+    decoder.attention = "sdpa"
+    assert batched.capture_all() == 0 and replayed == []  # called here: the loop's thread is idle
+    tokens(model, 1, request(1))
+    after_idle(model)
+    cache = decoder.cache_length()
+    spans = [min(cache, KV_BUCKET * n) for n in range(1, -(-cache // KV_BUCKET) + 1)]
+    assert batched.capture_all() == len(spans) and sorted(batched.graphs) == spans and len(replayed) == len(spans)
+    graphs = list(batched.graphs.values())
+    assert graphs[0].pool is not None and all(graph.pool is graphs[0].pool for graph in graphs)
+    assert all(isinstance(graph, ReplayedStep) and graph.stream == "the loop's stream" for graph in graphs)
+    batched.graphs_enabled, batched.graphs = False, {}  # as after a capture that failed
+    assert batched.capture_all() == 0 and len(replayed) == len(spans)
+
+
+def test_the_compile_setting_compiles_the_step_once_for_every_span_in_the_mode_chosen(tiny_weights, monkeypatch):
+    """MUSICGEN_COMPILE=max-autotune-no-cudagraphs: the decoding step goes to torch.compile in that
+    mode with dynamic shapes (one compile serves every span), and every step runs what it gave
+    (here: the step itself, eagerly, so that no compiler is needed): a greedy request gets the
+    per-slot path's tokens."""
+    exact = load_model(tiny_weights, device="cpu", slots=2)
+    expected = tokens(exact, 1, request(2, temperature=0.0))
+    compiled, runs = [], []
+
+    def stand_in(step, **options):
+        compiled.append((step, options))
+
+        def run(*args):
+            runs.append(args)
+            return step(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", stand_in)
+    monkeypatch.setenv(decoding_path.COMPILE_ENV, "max-autotune-no-cudagraphs")
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(model, 2, batched_start("cpu"))
+    assert model.loop is not None and isinstance(model.loop.steps, BatchedSteps)
+    assert torch.equal(tokens(model, 1, request(2, temperature=0.0)), expected)
+    assert compiled == [(model.loop.steps._decode_step, {"dynamic": True, "mode": "max-autotune-no-cudagraphs"})]
+    assert len(runs) == decoding_steps(model.musicgen, 2) - 1
+
+
+def test_per_slot_steps_draw_from_the_requests_own_generator(tiny_weights):
+    """Whatever torch's global generator has drawn meanwhile, a seed repeats its tokens."""
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    torch.manual_seed(1)
+    first = tokens(model, 5, request(1, top_p=0.9))
+    torch.manual_seed(2)
+    assert torch.equal(tokens(model, 5, request(1, top_p=0.9)), first)
+
+
+def test_a_per_slot_window_whose_sampling_fails_mid_way_fails_alone_with_its_error(tiny_weights, monkeypatch):
+    """Sampling runs slot by slot: a window whose draw fails leaves with that error, the other decodes on."""
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    alone = tokens(model, 2, request(1))
+    sample, drawn = steps.sample, []
+
+    def failing(logits, sampling, generator):
+        if sampling.top_p == 0.5:
+            drawn.append(1)
+            if len(drawn) == 10:
+                raise RuntimeError("a draw that failed")
+        return sample(logits, sampling, generator)
+
+    monkeypatch.setattr(steps, "sample", failing)
+    failed, succeeded = together(model, [(1, request(1, top_p=0.5)), (2, request(1))])
+    assert isinstance(failed, RuntimeError) and str(failed) == "a draw that failed"
+    assert torch.equal(succeeded, alone)
 
 
 def test_the_compile_setting_is_checked_on_every_machine(tiny_weights, monkeypatch):
