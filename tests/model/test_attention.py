@@ -12,13 +12,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from musicgen_cog.model import attention
-from musicgen_cog.model.attention import CHUNK, folded_attention, rowwise_attention
+from musicgen_cog.model.attention import CHUNK, folded_attention, masked_sdpa, rowwise_attention
 from tests.conftest import ROOT
 
 HEADS, DIM, CACHE = 2, 16, 3 * CHUNK + 40  # a cache whose last chunk is partly outside it
@@ -127,6 +129,49 @@ def test_rowwise_attention_takes_the_fold_on_a_cpu(monkeypatch):
     lengths = torch.tensor([CHUNK + 1, 3])
     monkeypatch.setattr(attention, "_triton_attention", None)  # never called for CPU tensors
     assert torch.equal(rowwise_attention(query, keys, values, lengths, CACHE), fold(query, keys, values, lengths))
+
+
+def test_rowwise_attention_gives_cuda_tensors_to_the_kernels(monkeypatch):
+    """On a GPU the query, keys, values and lengths go to the Triton kernels as they are (the
+    tensors here stand in for CUDA ones: only their `is_cuda` is read before the call)."""
+    query, keys, values, lengths = tensors = [cast(torch.Tensor, SimpleNamespace(is_cuda=True)) for _ in range(4)]
+    monkeypatch.setattr(attention, "_triton_attention", lambda *given: list(given))
+    assert rowwise_attention(query, keys, values, lengths, CACHE) == tensors
+
+
+def test_attention_runs_where_the_query_is_whatever_torchs_default_device(implementation):
+    """On a GPU the query is on CUDA and torch's default device is still the CPU: every working
+    tensor must be made on the query's device. Here the default is `meta` and the query a CPU's."""
+    query, keys, values = cache(2, seed=9)
+    lengths = torch.tensor([CHUNK + 1, 3])
+    expected = implementation(query, keys, values, lengths)
+    with torch.device("meta"):
+        assert torch.equal(implementation(query, keys, values, lengths), expected)
+
+
+def test_a_head_size_between_two_powers_of_two_is_attended_whole(implementation):
+    """The kernels work on a power-of-two width of lanes (32 for 17 dimensions) and mask the rest."""
+    generator = torch.Generator().manual_seed(10)
+    query = torch.randn((2, HEADS, 1, 17), generator=generator)
+    keys, values = (torch.randn((2, HEADS, CACHE, 17), generator=generator) for _ in range(2))
+    lengths = torch.tensor([CHUNK + 5, 30])
+    got = implementation(query, keys, values, lengths)
+    torch.testing.assert_close(got, reference(query, keys, values, lengths), rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_under_a_mask_attends_each_row_to_its_own_filled_positions():
+    """MUSICGEN_ATTENTION=sdpa: every row over `length` positions, each masked past its own length:
+    what lies past a row's length changes nothing; close to the reference (not row-invariant)."""
+    query, keys, values = cache(3, seed=11)
+    lengths = torch.tensor([CHUNK + 3, 17, 2 * CHUNK])
+    got = masked_sdpa(query, keys, values, lengths, 2 * CHUNK)
+    assert got.shape == query.shape and got.dtype == query.dtype
+    torch.testing.assert_close(got, reference(query, keys, values, lengths), rtol=1e-5, atol=1e-5)
+    keys[0, :, CHUNK + 3 :], values[1, :, 17:] = 1e4, -1e4
+    assert torch.equal(masked_sdpa(query, keys, values, lengths, 2 * CHUNK), got)
+    halves = masked_sdpa(query.half(), keys.half(), values.half(), lengths, 2 * CHUNK)
+    assert halves.dtype == torch.float16
+    torch.testing.assert_close(halves.float(), got, rtol=2e-3, atol=2e-3)
 
 
 COMPILE_FOR_A_GPU = """
