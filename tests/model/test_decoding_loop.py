@@ -235,16 +235,38 @@ def test_a_request_waiting_for_a_slot_can_be_cancelled(model, admit_together):
         assert all(r.result().shape[-1] == 200 for r in running)
 
 
-def test_company_far_along_the_cache_does_not_change_a_requests_tokens(model):
+def test_company_far_along_the_cache_does_not_change_a_requests_tokens(model, monkeypatch):
     """The all-slots step attends as far as the furthest request: a short request beside a long
-    one meets other attended lengths than alone, and must not see it in its tokens."""
+    one meets other attended lengths than alone, and must not see it in its tokens. The long one's
+    first step past two buckets waits for the short one, which then decodes beside it throughout."""
     short, long = (15, request(3)), (16, request(14))
     alone = tokens(model, *short)
+    loop, queued, seen, changed = model.loop, [], [], threading.Condition()
+    submit, step = loop.submit, loop._step
+
+    def counted_submit(window):
+        done = submit(window)
+        with changed:
+            queued.append(window)
+            changed.notify_all()
+        return done
+
+    def held_step():
+        if len(queued) == 1 and queued[0].position > 2 * 256:
+            with changed:
+                assert changed.wait_for(lambda: len(queued) == 2, timeout=60), "the short request never came"
+        seen.append({queued.index(w): w.position for w in loop._active})  # 0: the long one, 1: the short
+        step()
+
+    monkeypatch.setattr(loop, "submit", counted_submit)
+    monkeypatch.setattr(loop, "_step", held_step)
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(tokens, model, *long)
-        wait_until(lambda: any(w.position > 2 * 256 for w in list(model.loop._active)))
+        wait_until(lambda: bool(queued) and queued[0].position > 2 * 256)
         assert torch.equal(pool.submit(tokens, model, *short).result(), alone)
         first.result()
+    beside = [positions for positions in seen if 1 in positions]
+    assert len(beside) >= 150 and all(positions.get(0, 0) > 2 * 256 for positions in beside)
 
 
 def test_a_request_that_fails_fails_alone(model):
