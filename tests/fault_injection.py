@@ -11,6 +11,8 @@ the path and step down from it) or `capture` (after setup: graphs whose capture 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ from audiocraft.modules.conditioners import ChromaStemConditioner
 import predict
 from musicgen_cog.audio.writing import OutputFolder
 from musicgen_cog.model import loading, proof, sampling, steps
+from musicgen_cog.model.decoding_loop import DecodingLoop
 from musicgen_cog.model.fast_decode import SlotDecoder
 from musicgen_cog.model.steps import BatchedSteps, PerSlotSteps
 
@@ -27,7 +30,7 @@ SAMPLE_RATE = 32000
 MARKERS = {
     "conditioning": "a melody of exactly 2.5 s",
     "admission": "top_k 7",
-    "step, once": "top_k 8",
+    "step, once": "top_k 8 (joins the batch only beside another request)",
     "codec": "3 s of audio",
     "mbd": "multi_band_diffusion",
     "writing": "4 s of audio",
@@ -64,6 +67,17 @@ def install() -> None:
 
         return prefilled
 
+    def admission(real):
+        def admitted(self):
+            # the window of "step, once" joins the batch only beside another one: the step that runs
+            # out of memory is shared (the loop comes back here every 10 ms while it waits)
+            if any(w.sampling.top_k == 8 for w in self._waiting) and len(self._active) + len(self._waiting) < 2:
+                time.sleep(0.01)
+                return
+            real(self)
+
+        return admitted
+
     def step(real):
         def stepped(self, windows):
             marked = [w for w in windows if w.sampling.top_k in (8, 9)]
@@ -71,6 +85,8 @@ def install() -> None:
                 raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered (injected)")
             if marked and id(marked[0]) not in retried:
                 retried.add(id(marked[0]))
+                company = sorted(w.sampling.top_k for w in windows)
+                print(f"fault injection: a step of windows with top_k {company} ran out of memory", file=sys.stderr)
                 raise oom()
             return real(self, windows)
 
@@ -100,6 +116,7 @@ def install() -> None:
 
     patch(ChromaStemConditioner, "_get_stemmed_wav", stems)
     patch(SlotDecoder, "prefill", prefill)
+    patch(DecodingLoop, "_admit", admission)
     patch(PerSlotSteps, "step", step)
     patch(BatchedSteps, "step", step)
     from audiocraft.models import MusicGen

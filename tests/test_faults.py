@@ -74,9 +74,12 @@ def test_out_of_memory_in_one_stage_fails_only_its_request_and_the_server_stays_
 
 
 def test_a_step_that_runs_out_of_memory_once_is_tried_again_and_every_request_in_it_succeeds(faulty):
+    """The faulty step holds the marked request (top_k 8) and a good one (top_k 250): both succeed."""
     bodies = at_once(faulty, [GOOD[0], {"prompt": "x", "duration": 2, "top_k": 8}, GOOD[1]])
     assert [b["status"] for b in bodies] == ["succeeded"] * 3
-    assert "a decoding step ran out of memory; trying it once more" in faulty.log_path.read_text()
+    log = faulty.log_path.read_text()
+    assert "fault injection: a step of windows with top_k [8, 250] ran out of memory" in log
+    assert "a decoding step ran out of memory; trying it once more" in log
 
 
 def test_predictions_beyond_the_slots_that_fit_wait_for_one_inside_the_server(faulty):
