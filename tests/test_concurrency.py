@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from musicgen_cog.api.concurrency import DEFAULT_CONCURRENCY
 from musicgen_cog.model.decoding_path import DECODER_ENV
 from tests.cog_server import CogServer, Receiver
 from tests.helpers import SAMPLE_RATE, data_uri, write_tone
+from tests.model.test_decoding_loop import wait_until
 
 
 def decoded(uri: str) -> tuple[str, Any]:
@@ -29,6 +32,21 @@ def at_once(server, inputs: list[dict]) -> list[dict]:
     """POST every input at the same time; the response bodies, in order."""
     with ThreadPoolExecutor(len(inputs)) as pool:
         return list(pool.map(lambda i: server.predict(input=i, when_ready=False).json(), inputs))
+
+
+def in_the_model(server) -> dict[str, list[datetime]]:
+    """When each prediction was in the model, from the server's log: the time of its `... generating
+    ...` line, then, once it has one, of its `decoded ...` line."""
+    spans: dict[str, list[datetime]] = {}
+    for line in server.log_path.read_text().split("\n")[:-1]:  # whole lines: the server is writing
+        record = json.loads(line) if line.startswith("{") else {}
+        fields = record.get("fields", {})
+        prediction, message = fields.get("prediction_id"), fields.get("message", "")
+        if prediction and re.search(r"\bgenerating \d", message):
+            spans[prediction] = [datetime.fromisoformat(record["timestamp"])]
+        elif prediction in spans and message.startswith("decoded "):
+            spans[prediction].append(datetime.fromisoformat(record["timestamp"]))
+    return spans
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +102,23 @@ def test_a_seeded_request_gives_the_same_audio_alone_and_in_company(request, ste
     together = at_once(server, [*others[:3], seeded, *others[3:]])
     assert alone["status"] == together[3]["status"] == "succeeded"
     assert together[3]["output"] == alone["output"]
+    spans = in_the_model(server)
+    start, end = spans[together[3]["id"]]
+    beside = [b for b in together if b is not together[3] and spans[b["id"]][0] < end and start < spans[b["id"]][1]]
+    assert beside, "the seeded request was in the model alone"
 
 
 def test_one_cancelled_mid_way_while_two_others_finish(server):
     receiver = Receiver()
     try:
+        earlier = set(in_the_model(server))
         server.start("cancel-me", receiver, prompt="long", duration=120)
         with ThreadPoolExecutor(2) as pool:
             finishing = [
                 pool.submit(server.predict, input={"prompt": "x", "duration": 3, "seed": seed}, when_ready=False)
                 for seed in (1, 2)
             ]
+            wait_until(lambda: len(set(in_the_model(server)) - earlier) == 3)  # all three in the model at once
             server.cancel_mid_way("cancel-me", receiver)
             bodies = [f.result().json() for f in finishing]
     finally:
