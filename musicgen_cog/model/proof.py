@@ -250,9 +250,7 @@ def decode_and_compare(model: LoadedModel, steps: Steps) -> tuple[float, float]:
         twin = slot in (0, slots - 1)
         sampling = SAMPLING if twin else OTHER_RULES[(slot - 1) % len(OTHER_RULES)]
         generator = torch.Generator(device).manual_seed(SEED if twin else SEED + slot)
-        window = Window.laid_out(
-            lm, prompt.to(device), prompt_frames + count, conditions, sampling, generator=generator
-        )
+        window = Window.laid_out(lm, prompt, prompt_frames + count, conditions, sampling, generator=generator)
         window.slot = slot
         decoded.append(_Decoded(window, join=JOIN_LATER if slot and twin else 0))
     _decode(steps, decoded)
