@@ -21,8 +21,9 @@ VENV_BIN = Path(sys.executable).parent
 
 
 class CogServer:
-    """`python -m cog.server.http` from the repo root, as the image runs it (see `make serve`);
-    `launcher` goes before it (tini, as the image's entry point)."""
+    """`python -m <module>` from the repo root: coglet's own `cog.server.http`, as the image's default
+    command runs it, or as `make serve` and deploy/ run it; `launcher` goes before it (tini, as the
+    image's entry point)."""
 
     def __init__(
         self,
@@ -31,6 +32,7 @@ class CogServer:
         args: tuple[str, ...] = (),
         env: dict | None = None,
         launcher: tuple[str, ...] = (),
+        module: str = "cog.server.http",
     ):
         self.log_path = log_path
         environment = {
@@ -47,7 +49,7 @@ class CogServer:
         }
         self.log = open(log_path, "w")  # noqa: SIM115 (the server writes it until stop())
         self.process = subprocess.Popen(
-            [*launcher, sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", *args],
+            [*launcher, sys.executable, "-m", module, "--host", "127.0.0.1", *args],
             cwd=ROOT,
             env=environment,
             stdout=self.log,
@@ -58,15 +60,8 @@ class CogServer:
     @classmethod
     def as_deployed(cls, weights_dir: Path, log_path: Path, env: dict | None = None) -> CogServer:
         """The server as deploy/ runs the image, draining on SIGTERM (README, "Shutdown"): under
-        tini, the image's entry point, sending signals to the whole process group; coglet waits
-        for /shutdown instead of stopping on SIGTERM."""
-        return cls(
-            weights_dir,
-            log_path,
-            args=("--await-explicit-shutdown", "true"),
-            env={"TINI_KILL_PROCESS_GROUP": "1", **(env or {})},
-            launcher=("tini", "--"),
-        )
+        tini, the image's entry point, with coglet's stop signals decided by commands/serve.py."""
+        return cls(weights_dir, log_path, env=env, launcher=("tini", "--"), module="musicgen_cog.commands.serve")
 
     def _port(self, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
