@@ -110,10 +110,19 @@ class Command:
         """The first match of `pattern` in the output, once it appears; fails if the command ends first."""
         deadline = time.monotonic() + timeout
         while not (found := re.search(pattern, self.log.read_text())):
-            assert self.process.poll() is None, f"it ended first:\n{self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"never printed {pattern!r}:\n{self.log.read_text()[-3000:]}"
-            time.sleep(0.1)
+            self._still_waiting(f"printed {pattern!r}", deadline)
         return found
+
+    def wait_for_file(self, path: Path, timeout: float = 300) -> None:
+        """Wait until `path` exists (a held predictor's mark); fails if the command ends first."""
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            self._still_waiting(f"made {path.name}", deadline)
+
+    def _still_waiting(self, what: str, deadline: float) -> None:
+        assert self.process.poll() is None, f"it ended before it {what}:\n{self.log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"it never {what}:\n{self.log.read_text()[-3000:]}"
+        time.sleep(0.1)
 
     def kill(self) -> None:
         """SIGKILL every process of the tree still running: a failed test leaves nothing behind either."""
