@@ -24,7 +24,8 @@ from .signals import STOP_SIGNALS, on_parent_exit
 
 log = logging.getLogger(__name__)
 # One stop request passed on by several processes (make and tini, or a cgroup-wide kill plus tini's
-# forwarding) arrives more than once within milliseconds; a second request is one this much later.
+# forwarding) arrives more than once within milliseconds; a second SIGTERM or SIGHUP, one that cuts
+# the drain short, comes this much later at least. SIGINT always cuts.
 SAME_REQUEST_SECONDS = 1.0
 
 
@@ -67,10 +68,11 @@ class StopRequests:
                 self._tell(drainers, DRAIN, signum)
 
     def _tell(self, workers: list[int], request: int, signum: int) -> None:
+        """Send the workers `request` (DRAIN or CUT); one that has ended since leaves nothing to drain."""
         try:
             for pid in workers:
                 os.kill(pid, request)
-        except ProcessLookupError:  # it ended since: nothing left to drain
+        except ProcessLookupError:
             self._stop_now("the worker ended meanwhile", signum)
 
     def _stop_now(self, why: str, signum: int) -> None:
@@ -89,12 +91,12 @@ class StopRequests:
 
 def take_stop_signals() -> None:
     """Start the threads that take the blocked stop signals and watch the process that started this one."""
-    requests_ = StopRequests()
+    stops = StopRequests()
 
     def watch() -> None:
         while True:
             received = signal.sigwaitinfo(STOP_SIGNALS)
-            requests_.take(received.si_signo, received.si_pid)
+            stops.take(received.si_signo, received.si_pid)
 
     threading.Thread(target=watch, name="stop-signals", daemon=True).start()
-    on_parent_exit(lambda: requests_.take(signal.SIGINT, None))
+    on_parent_exit(lambda: stops.take(signal.SIGINT, None))
