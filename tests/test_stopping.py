@@ -34,8 +34,8 @@ from tests.process_tree import Command
 pytestmark = pytest.mark.slow  # an entry point of its own per case: about 15 s each
 
 # Every process of the tree gone, counted from the signal (or from the drained prediction's end).
-# Where nothing drains, the stop takes 1 to 4 s here; the bound is well above that so that a loaded
-# CI machine does not fail it, and below the 20 s after which a harness would send SIGKILL.
+# The stops take 0.1 to 5 s here (docs/signals.md); the bound is six times the slowest, so that a
+# loaded CI machine does not fail it. What these cases found left behind before never ended at all.
 STOP_BOUND = 30.0
 SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 HELD = "tests/held_predictor.py:Predictor"
