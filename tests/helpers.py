@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import soundfile
 
+from musicgen_cog.serving.coglet_control import child_pids
+
 # Every input of the hosted API, as Cog passes them all to predict(): hosted defaults, except a prompt
 # (text mode needs one), 1 s (quick) and seed 1 (repeatable).
 DEFAULTS: dict[str, Any] = dict(
@@ -140,14 +142,3 @@ def process_tree_memory_mb(pid: int) -> dict[str, float]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return totals
-
-
-def child_pids(pid: int) -> list[int]:
-    """The processes `pid` started, from any of its threads (coglet spawns its worker off the main one)."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:  # a thread that ended since the listing (tokio ends idle ones)
-            continue
-    return children
