@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ DEFAULTS: dict[str, Any] = dict(
 
 SAMPLE_RATE = 32000
 HOSTED_API = json.loads((Path(__file__).parent / "data" / "hosted_api.json").read_text())
+
+
+def with_default_stop_signals() -> None:
+    """A child's `preexec_fn`: the stop signals at their default actions, whatever its parent had. A
+    shell's background job starts with SIGINT ignored and exec keeps that (CI may run tests so)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def predict_now(predictor: Any, **inputs: Any) -> Path:

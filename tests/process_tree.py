@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from tests.conftest import ROOT
+from tests.helpers import with_default_stop_signals
 
 
 class ProcessTree:
@@ -103,6 +104,7 @@ class Command:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=with_default_stop_signals,  # what a terminal or a supervisor would give it
             )
         self.tree = ProcessTree(self.process.pid)
 
