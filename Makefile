@@ -15,6 +15,11 @@ PLAYGROUND_PORT ?= 7860
 # the playground's own server runs on WEIGHTS_DIR when one is given, else on tiny random weights (as `make demo`)
 PLAYGROUND_WEIGHTS = $(if $(filter file,$(origin WEIGHTS_DIR)),$(TINY_WEIGHTS_DIR),$(WEIGHTS_DIR))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# the predictor `make serve` runs (the tests put stubs in its place)
+COG_PREDICT_TYPE_STUB ?= predict.py:Predictor
+# make passes no signal on when it is killed (SIGKILL): the kernel then sends the command SIGTERM
+# (util-linux's setpriv sets its parent-death signal), so that nothing make started outlives it
+WITH_MAKE := setpriv --pdeathsig TERM
 export WEIGHTS_DIR PLAYGROUND_HOST PLAYGROUND_PORT
 
 .PHONY: help setup system-packages test test-fast lint mutants weights tiny-weights predict demo serve playground schema bench lock
@@ -58,11 +63,11 @@ tiny-weights: setup  ## write random tiny weights in the real layout to WEIGHTS_
 	$(PY) -m musicgen_cog.commands.tiny_weights $(WEIGHTS_DIR)
 
 predict: setup  ## one prediction with the weights in WEIGHTS_DIR: make predict ARGS='-i prompt="..." -i duration=8'
-	$(PY) -m musicgen_cog.commands.cog_predict $(ARGS)
+	$(WITH_MAKE) $(PY) -m musicgen_cog.commands.cog_predict $(ARGS)
 
 demo: setup  ## fresh machine, no weights: tiny random weights, then one prediction (noise, not music)
 	[ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || $(PY) -m musicgen_cog.commands.tiny_weights $(TINY_WEIGHTS_DIR)
-	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(PY) -m musicgen_cog.commands.cog_predict -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
+	WEIGHTS_DIR=$(TINY_WEIGHTS_DIR) $(WITH_MAKE) $(PY) -m musicgen_cog.commands.cog_predict -i prompt="$(PROMPT)" -i duration=8 -o outputs/demo.wav
 
 bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, the path's proof, first request, concurrency, step breakdown, interference, stage memory, load, speed (last line: speedup)
 	$(PY) -m bench.setup_time
@@ -81,21 +86,20 @@ bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, the path's
 schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
 	$(PY) -m musicgen_cog.commands.schema
 
-# As deploy/ runs the image: under tini sending signals to the process group, coglet waiting for
-# /shutdown, so that SIGTERM (to tini) drains the predictions in flight, then stops
-# (docs/deployment.md#shutdown-drain-then-stop).
+# As deploy/ runs the image: under tini, coglet's process deciding what each stop signal means, so that
+# SIGTERM drains the predictions in flight, then stops (docs/signals.md); tini's -p passes SIGINT (stop
+# at once) on to it if make is killed.
 serve: schema  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
-	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=predict.py:Predictor PORT=$(PORT) \
-	  COG_MAX_CONCURRENCY=$(CONCURRENCY) TINI_KILL_PROCESS_GROUP=1 \
-	  exec tini -- $(PY) -m cog.server.http --host 127.0.0.1 --await-explicit-shutdown true $(SERVE_ARGS)
+	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=$(COG_PREDICT_TYPE_STUB) PORT=$(PORT) \
+	  COG_MAX_CONCURRENCY=$(CONCURRENCY) exec tini -p SIGINT -- $(PY) -m musicgen_cog.commands.serve --host 127.0.0.1 $(SERVE_ARGS)
 
 playground: setup  ## the browser playground on 127.0.0.1:7860 (PLAYGROUND_HOST, PLAYGROUND_PORT) with its own server; SERVER_URL=http://... for a running one
 ifeq ($(SERVER_URL),)
 	[ "$(PLAYGROUND_WEIGHTS)" != "$(TINY_WEIGHTS_DIR)" ] || [ -f $(TINY_WEIGHTS_DIR)/trained_model.tar ] || \
 	  $(PY) -m musicgen_cog.commands.tiny_weights $(TINY_WEIGHTS_DIR)
-	$(PY) -m playground --weights $(PLAYGROUND_WEIGHTS)
+	$(WITH_MAKE) $(PY) -m playground --weights $(PLAYGROUND_WEIGHTS)
 else
-	$(PY) -m playground --server $(SERVER_URL)
+	$(WITH_MAKE) $(PY) -m playground --server $(SERVER_URL)
 endif
 
 lock:  ## re-resolve the stack into requirements.txt (review the diff before committing)

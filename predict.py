@@ -19,13 +19,13 @@ from coglet import server as coglet_server  # noqa: E402
 from musicgen_cog.api.concurrency import RequestThreads, concurrency_limit  # noqa: E402
 from musicgen_cog.serving.drain import InFlight, drain_seconds  # noqa: E402
 from musicgen_cog.serving.load_gauge import gauge_from_environment  # noqa: E402
-from musicgen_cog.serving.shutdown import drain_on_sigterm  # noqa: E402
+from musicgen_cog.serving.shutdown import stop_when_asked  # noqa: E402
 
 MAX_CONCURRENCY = concurrency_limit()
 IN_FLIGHT = InFlight(on_change=gauge_from_environment(slots=MAX_CONCURRENCY))
-# in coglet's worker, before the slow imports: on SIGTERM, drain, then stop (docs/deployment.md)
+# in coglet's worker, before the slow imports: drain or cut when asked, then stop (docs/signals.md)
 if coglet_server.active:
-    drain_on_sigterm(IN_FLIGHT, drain_seconds())
+    stop_when_asked(IN_FLIGHT, drain_seconds())
 
 from cog import BasePredictor, Input, Path, concurrent  # noqa: E402
 
@@ -36,7 +36,7 @@ from musicgen_cog.api.pipeline import run_prediction  # noqa: E402
 from musicgen_cog.audio.writing import OutputFolder  # noqa: E402
 from musicgen_cog.model.loading import load_model  # noqa: E402
 from musicgen_cog.model.proof import settle_decoding_path  # noqa: E402
-from musicgen_cog.serving.signals import keep_sigterm_from_child_processes  # noqa: E402
+from musicgen_cog.serving.signals import keep_stop_signals_from_child_processes  # noqa: E402
 from musicgen_cog.weights.finetune_source import resolve_finetune  # noqa: E402
 
 
@@ -53,7 +53,7 @@ class Predictor(BasePredictor):
         self.model = model  # health asks it from now on: a path that failed during setup is not a fault
         output_dir = os.environ.get("MUSICGEN_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "musicgen"
         self.outputs = OutputFolder(output_dir, keep=2 * MAX_CONCURRENCY)
-        self.threads = RequestThreads(MAX_CONCURRENCY, initializer=keep_sigterm_from_child_processes)
+        self.threads = RequestThreads(MAX_CONCURRENCY, initializer=keep_stop_signals_from_child_processes)
 
     def healthcheck(self) -> bool:
         """Cog's health: False (UNHEALTHY) once the device has failed or the decoding loop is stuck."""

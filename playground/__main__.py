@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -55,7 +56,15 @@ def arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def unwind(signum: int, frame: object) -> None:
+    """SIGTERM unwinds the stack as Ctrl-C does, so that `finally` stops the server started here (while
+    the page runs, uvicorn takes SIGTERM first, stops the page and its takes, then raises it again)."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, unwind)
+    signal.signal(signal.SIGHUP, lambda signum, frame: signal.raise_signal(signal.SIGTERM))  # a terminal closed
     args = arguments()
     listener = socket.create_server((args.host, args.port))  # bound first: port 0 picks one we then know
     port = listener.getsockname()[1]
@@ -69,6 +78,7 @@ def main() -> None:
             uvicorn.Server(uvicorn.Config(create_app(playground, process), log_level="warning")).run(sockets=[listener])
     finally:
         if process:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})  # stop in full
             process.stop()
 
 

@@ -123,6 +123,7 @@ def create_app(playground: Playground, process: CogProcess | None = None) -> Sta
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await playground.cancel_all()
         await playground.cog.close()
 
     return Starlette(

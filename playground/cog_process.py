@@ -17,21 +17,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"Starting coglet server on [\d.]+:(\d+)")
+# The stop is at once (SIGINT: what is in flight is cut, each with a terminal status): about 2 s here.
+STOP_SECONDS = 30
+DIES_WITH_US = ("setpriv", "--pdeathsig", "KILL")  # util-linux: the kernel kills make when this process ends
 
 
 class CogProcess:
-    """`make serve PORT=0 WEIGHTS_DIR=<weights>` in a process group of its own, its output echoed to stderr."""
+    """`make serve PORT=0 WEIGHTS_DIR=<weights>` in a session of its own, its output echoed to stderr.
+
+    make dies with this process, however it ends (SIGKILL included), and tini, make's child, then
+    passes SIGINT on to the server (`make serve`): nothing outlives the playground. Create it in the main
+    thread: to the kernel, make's parent is the thread that started it, and its end counts as the parent's."""
 
     def __init__(self, weights: Path, make: str = "make"):
         self.tail: deque[str] = deque(maxlen=40)
         self.port: int | None = None
         self.process = subprocess.Popen(
-            [make, "--no-print-directory", "serve", "PORT=0", f"WEIGHTS_DIR={weights}"],
+            [*DIES_WITH_US, make, "--no-print-directory", "serve", "PORT=0", f"WEIGHTS_DIR={weights}"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            start_new_session=True,  # one signal to the group stops make, coglet and its worker together
+            start_new_session=True,  # a group for stop() to signal; a Ctrl-C reaches the playground alone
         )
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -63,10 +70,13 @@ class CogProcess:
         )
 
     def stop(self) -> None:
+        """Stop the server at once and wait for it: SIGINT to make's group (make and tini; tini passes
+        it on). If it is still running after STOP_SECONDS, SIGKILL that group: tini's death stops the
+        server (its process notices its parent's end), and the worker ends with it."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGINT)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()

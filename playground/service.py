@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import shutil
 import time
 import uuid
@@ -160,6 +161,13 @@ class Playground:
         if response.status_code != 200 and not take.done:
             return f"the server did not cancel it: it answered {response.status_code} {response.text[:200]}"
         return None
+
+    async def cancel_all(self) -> None:
+        """Cancel the takes still running on the server: once this playground stops, nobody can see them."""
+        for take in list(self.takes.values()):
+            if not take.done:
+                with contextlib.suppress(CogUnreachable):
+                    await self.cancel(take)
 
     def _forget_old(self) -> None:
         for take_id in list(self.takes)[:-KEEP]:

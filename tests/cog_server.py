@@ -1,4 +1,5 @@
-"""The real Cog HTTP server (coglet) in a subprocess on a free loopback port, and loopback receivers."""
+"""The real Cog HTTP server (coglet) in a subprocess on a free loopback port, its API as the tests call it, and
+loopback receivers."""
 
 from __future__ import annotations
 
@@ -18,66 +19,14 @@ from tests.conftest import ROOT
 from tests.loopback import LoopbackServer, Quiet
 
 VENV_BIN = Path(sys.executable).parent
+LISTENING = r"Starting coglet server on 127\.0\.0\.1:(\d+)"  # coglet's log line, with the port it bound
 
 
-class CogServer:
-    """`python -m cog.server.http` from the repo root, as the image runs it (see `make serve`);
-    `launcher` goes before it (tini, as the image's entry point)."""
+class CogClient:
+    """The HTTP API of the Cog server at `url`, as the tests call it."""
 
-    def __init__(
-        self,
-        weights_dir: Path,
-        log_path: Path,
-        args: tuple[str, ...] = (),
-        env: dict | None = None,
-        launcher: tuple[str, ...] = (),
-    ):
-        self.log_path = log_path
-        environment = {
-            **os.environ,
-            "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-            "PORT": "0",
-            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-            "WEIGHTS_DIR": str(weights_dir),
-            "MUSICGEN_OUTPUT_DIR": str(log_path.parent / "outputs"),
-            "OMP_NUM_THREADS": "1",
-            # what `cog build` bakes into an image from predict.py's @concurrent; coglet reads only this
-            "COG_MAX_CONCURRENCY": str(DEFAULT_CONCURRENCY),
-            **(env or {}),
-        }
-        self.log = open(log_path, "w")  # noqa: SIM115 (the server writes it until stop())
-        self.process = subprocess.Popen(
-            [*launcher, sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", *args],
-            cwd=ROOT,
-            env=environment,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self._port()}"
-
-    @classmethod
-    def as_deployed(cls, weights_dir: Path, log_path: Path, env: dict | None = None) -> CogServer:
-        """The server as deploy/ runs the image, draining on SIGTERM (docs/deployment.md): under
-        tini, the image's entry point, sending signals to the whole process group; coglet waits
-        for /shutdown instead of stopping on SIGTERM."""
-        return cls(
-            weights_dir,
-            log_path,
-            args=("--await-explicit-shutdown", "true"),
-            env={"TINI_KILL_PROCESS_GROUP": "1", **(env or {})},
-            launcher=("tini", "--"),
-        )
-
-    def _port(self, timeout: float = 60) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(r"Starting coglet server on 127\.0\.0\.1:(\d+)", self.log_path.read_text())
-            if found:
-                return int(found.group(1))
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError(f"the server did not start; its log:\n{self.log_path.read_text()[-3000:]}")
+    def __init__(self, url: str):
+        self.url = url
 
     def health(self) -> dict:
         return requests.get(f"{self.url}/health-check", timeout=10).json()
@@ -138,6 +87,61 @@ class CogServer:
         logs = next(b for b in of_it(receiver) if b["status"] == "canceled").get("logs") or ""
         assert "(100%)" not in logs and "wrote " not in logs, "it finished instead of stopping"
         return logs
+
+
+class CogServer(CogClient):
+    """`python -m <module>` from the repo root: coglet's own `cog.server.http`, as the image's default
+    command runs it, or as `make serve` and deploy/ run it; `launcher` goes before it (tini, as the
+    image's entry point)."""
+
+    def __init__(
+        self,
+        weights_dir: Path,
+        log_path: Path,
+        args: tuple[str, ...] = (),
+        env: dict | None = None,
+        launcher: tuple[str, ...] = (),
+        module: str = "cog.server.http",
+    ):
+        self.log_path = log_path
+        environment = {
+            **os.environ,
+            "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+            "PORT": "0",
+            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            "WEIGHTS_DIR": str(weights_dir),
+            "MUSICGEN_OUTPUT_DIR": str(log_path.parent / "outputs"),
+            "OMP_NUM_THREADS": "1",
+            # what `cog build` bakes into an image from predict.py's @concurrent; coglet reads only this
+            "COG_MAX_CONCURRENCY": str(DEFAULT_CONCURRENCY),
+            **(env or {}),
+        }
+        self.log = open(log_path, "w")  # noqa: SIM115 (the server writes it until stop())
+        self.process = subprocess.Popen(
+            [*launcher, sys.executable, "-m", module, "--host", "127.0.0.1", *args],
+            cwd=ROOT,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        super().__init__(f"http://127.0.0.1:{self._port()}")
+
+    @classmethod
+    def as_deployed(cls, weights_dir: Path, log_path: Path, env: dict | None = None) -> CogServer:
+        """The server as deploy/ runs the image, draining on SIGTERM (docs/signals.md): under
+        tini, the image's entry point, with coglet's stop signals decided by commands/serve.py."""
+        return cls(weights_dir, log_path, env=env, launcher=("tini", "--"), module="musicgen_cog.commands.serve")
+
+    def _port(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(LISTENING, self.log_path.read_text())
+            if found:
+                return int(found.group(1))
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"the server did not start; its log:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
         self.process.terminate()

@@ -7,12 +7,15 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
+
+from musicgen_cog.serving.coglet_control import child_pids
 
 # Every input of the hosted API, as Cog passes them all to predict(): hosted defaults, except a prompt
 # (text mode needs one), 1 s (quick) and seed 1 (repeatable).
@@ -35,6 +38,13 @@ DEFAULTS: dict[str, Any] = dict(
 
 SAMPLE_RATE = 32000
 HOSTED_API = json.loads((Path(__file__).parent / "data" / "hosted_api.json").read_text())
+
+
+def with_default_stop_signals() -> None:
+    """A child's `preexec_fn`: the stop signals at their default actions, whatever its parent had. A
+    shell's background job starts with SIGINT ignored and exec keeps that (CI may run tests so)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def predict_now(predictor: Any, **inputs: Any) -> Path:
@@ -140,14 +150,3 @@ def process_tree_memory_mb(pid: int) -> dict[str, float]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return totals
-
-
-def child_pids(pid: int) -> list[int]:
-    """The processes `pid` started, from any of its threads (coglet spawns its worker off the main one)."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:  # a thread that ended since the listing (tokio ends idle ones)
-            continue
-    return children

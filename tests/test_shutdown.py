@@ -68,7 +68,7 @@ def test_sigterm_with_three_predictions_in_flight_lets_them_finish_and_refuses_n
             server.start(f"in-flight-{i}", receiver, **prediction_input)
         receiver.wait_for(lambda r: all(started(r, f"in-flight-{i}") for i in range(3)))
         server.process.send_signal(signal.SIGTERM)  # to tini, as `docker stop` and the kubelet do
-        wait_for_log(server, "SIGTERM: draining 3 prediction(s) in flight")
+        wait_for_log(server, "draining 3 prediction(s) in flight")
 
         late_sync = server.predict(input={"prompt": "late", "duration": 1}, when_ready=False).json()
         server.start("late-async", receiver, prompt="late", duration=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import shutil
 import sys
@@ -50,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..model.memory import NotEnoughMemory
     from ..weights.checkpoints import CheckpointError
 
-    info = read_predictor()
+    # the predictor the server runs: COG_PREDICT_TYPE_STUB, as coglet reads it (the tests put stubs there)
+    path, _, name = os.environ.get("COG_PREDICT_TYPE_STUB", "predict.py:Predictor").partition(":")
+    module = path.removesuffix(".py").replace("/", ".")
+    info = read_predictor(module, name)
     values = parse_inputs(args.input)
     unknown = sorted(set(values) - set(info.inputs))
     if unknown:
@@ -59,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = check_inputs(info, values)
     except InputCheckError as exc:
         raise SystemExit(f"error: {exc} ({exc.input_name} expects {type_name(info, exc.input_name)})") from None
-    import predict
-
-    predictor = predict.Predictor()
+    predictor = getattr(importlib.import_module(module), name)()
     try:
         predictor.setup(weights=os.environ.get("COG_WEIGHTS"))
         produced = Path(asyncio.run(predictor.predict(**kwargs)))

@@ -25,9 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait before the drain starts")
     args = parser.parse_args(argv)
     port = int(os.environ.get("PORT", "5000"))
+    print(f"drain: SIGTERM to process {args.pid} in {args.settle:g} s, once endpoints have dropped the pod", flush=True)
     time.sleep(args.settle)
     os.kill(args.pid, signal.SIGTERM)
     deadline = time.monotonic() + drain_seconds() + CUT_WAIT_SECONDS
+    print(f"drain: SIGTERM sent; waiting up to {deadline - time.monotonic():g} s for the server to stop", flush=True)
     while server_status(port) is not None and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
     return 0

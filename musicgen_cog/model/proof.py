@@ -30,7 +30,7 @@ import math
 import time
 import typing as tp
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -242,21 +242,17 @@ def decode_and_compare(model: LoadedModel, steps: Steps) -> tuple[float, float]:
     # on a GPU the windows start far enough in to cross the first chunk boundary while decoding
     prompt_frames = max(1, CHUNK - count // 2 - prefix) if device == "cuda" else 1
     codes = torch.Generator().manual_seed(SEED)
-
-    def window(slot: int, sampling: Sampling, seed: int, join: int) -> _Decoded:
-        prompt = torch.randint(0, lm.card, (1, lm.num_codebooks, prompt_frames), generator=codes).to(device)
-        if slot == slots - 1 and slot > 0:  # the twin of slot 0: its prompt
-            prompt = decoded[0].prompt.clone()
-        generator = torch.Generator(device).manual_seed(seed)
-        laid_out = Window.laid_out(lm, prompt, prompt_frames + count, conditions, sampling, generator=generator)
-        laid_out.slot = slot
-        return _Decoded(laid_out, prompt, join)
-
-    decoded: list[_Decoded] = []
-    for slot in range(slots):
+    shape = (1, lm.num_codebooks, prompt_frames)
+    prompts = [torch.randint(0, lm.card, shape, generator=codes).to(device) for _ in range(slots)]
+    prompts[-1] = prompts[0]  # the twins: one request in the lowest slot and the highest
+    decoded = []
+    for slot, prompt in enumerate(prompts):
         twin = slot in (0, slots - 1)
         sampling = SAMPLING if twin else OTHER_RULES[(slot - 1) % len(OTHER_RULES)]
-        decoded.append(window(slot, sampling, SEED if twin else SEED + slot, JOIN_LATER if slot and twin else 0))
+        generator = torch.Generator(device).manual_seed(SEED if twin else SEED + slot)
+        window = Window.laid_out(lm, prompt, prompt_frames + count, conditions, sampling, generator=generator)
+        window.slot = slot
+        decoded.append(_Decoded(window, join=JOIN_LATER if slot and twin else 0))
     _decode(steps, decoded)
     compared = [decoded[0], *decoded[1 : min(2, slots - 1)]]  # the lowest twin, and the request beside it
     error = _worst(torch.tensor([_step_error(lm, conditions, one) for one in compared]))
@@ -266,18 +262,15 @@ def decode_and_compare(model: LoadedModel, steps: Steps) -> tuple[float, float]:
 @dataclass
 class _Decoded:
     window: Window
-    prompt: torch.Tensor
     join: int  # the loop step it joins at
-    sequence: torch.Tensor | None = None
-    logits: dict[int, torch.Tensor] | None = None  # by sequence step: the guided logits [K, card] drawn from
+    sequence: torch.Tensor | None = None  # once it has finished
+    logits: dict[int, torch.Tensor] = field(default_factory=dict)  # by sequence step: those its token was drawn from
 
 
 def _decode(steps: Steps, decoded: list[_Decoded]) -> None:
     """Run the windows through `steps` as the loop does, each joining at its step, recording the
     guided logits of every step and each window's sequence; their slots are left free."""
     waiting, active, tick = list(decoded), list[_Decoded](), 0
-    for one in decoded:
-        one.logits = {}
     while waiting or active:
         for one in [one for one in waiting if one.join <= tick]:
             steps.admit(one.window)
@@ -288,7 +281,6 @@ def _decode(steps: Steps, decoded: list[_Decoded]) -> None:
             if failed:
                 raise next(iter(failed.values()))
             for one in active:
-                assert one.logits is not None
                 one.logits[one.window.offset - 1] = steps.guided_logits(one.window.slot).float().clone()
             for one in [one for one in active if one.window.finished]:
                 one.sequence = steps.result(one.window).clone()
@@ -300,7 +292,7 @@ def _decode(steps: Steps, decoded: list[_Decoded]) -> None:
 def _step_error(lm: tp.Any, conditions: dict, decoded: _Decoded) -> float:
     """The worst relative RMS error of `decoded`'s guided logits against audiocraft's forward over
     its sequence with its conditions (`lm(...)`, as `LMModel.generate`'s steps compute them)."""
-    assert decoded.sequence is not None and decoded.logits is not None
+    assert decoded.sequence is not None
     if (decoded.sequence < 0).any():  # the batched step marks a slot whose logits were not finite
         return math.inf
     sequence = decoded.sequence
@@ -320,7 +312,6 @@ def _centred_rms(logits: torch.Tensor) -> torch.Tensor:
 def _differences(lowest: _Decoded, highest: _Decoded) -> int:
     """Sequence steps where the twins' tokens or guided logits are not bitwise the same."""
     assert lowest.sequence is not None and highest.sequence is not None
-    assert lowest.logits is not None and highest.logits is not None
     tokens = (lowest.sequence != highest.sequence).any(dim=1)[0]
     steps = set(tokens.nonzero().flatten().tolist())
     steps |= {step for step, got in lowest.logits.items() if not torch.equal(got, highest.logits[step])}

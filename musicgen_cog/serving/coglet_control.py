@@ -1,4 +1,4 @@
-"""Asking the coglet server that runs this worker to stop: POST /shutdown on its own port.
+"""coglet's processes as the kernel shows them, and asking the coglet server to stop: POST /shutdown.
 
 The worker inherits coglet's environment but not the port it bound (PORT=0 picks any), so the
 address is read from the kernel: the listening TCP socket among the parent process's files.
@@ -40,12 +40,39 @@ def listening_address(pid: int) -> tuple[str, int]:
     raise LookupError(f"process {pid} listens on no IPv4 TCP port")
 
 
-def stop_coglet(pid: int) -> None:
-    """POST /shutdown to the coglet server `pid` (a clean exit, status 0); SIGINT if that fails
-    (coglet stops at once too, but exits 130 with a KeyboardInterrupt trace)."""
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started, from any of its threads (coglet spawns its worker off the main one)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended since the listing (tokio ends idle ones)
+            continue
+    return children
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (its SigCgt mask); False once it has ended."""
     try:
-        host, port = listening_address(pid)
-        requests.post(f"http://{host}:{port}/shutdown", timeout=10).raise_for_status()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
+def request_shutdown(pid: int) -> None:
+    """POST /shutdown to the coglet server `pid`: it stops taking connections, answers those open,
+    stops its worker and exits with status 0. Raises if it cannot be asked."""
+    host, port = listening_address(pid)
+    requests.post(f"http://{host}:{port}/shutdown", timeout=10).raise_for_status()
+
+
+def stop_coglet(pid: int) -> None:
+    """Ask the coglet server `pid` to stop (request_shutdown); SIGINT if that fails (coglet stops at
+    once too: under commands/serve.py its process takes that as its own worker asking to stop)."""
+    try:
+        request_shutdown(pid)
     except (OSError, LookupError, requests.RequestException) as exc:
         log.error("could not ask coglet to shut down (%s); sending it SIGINT", exc)
         os.kill(pid, signal.SIGINT)

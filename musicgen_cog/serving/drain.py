@@ -110,6 +110,7 @@ class InFlight:
         self._running: set[Admission] = set()
         self._cut: set[Admission] = set()
         self._draining = False
+        self._at_once = False
         self._refused = 0
         self._cut_message = ""
         self._on_change = on_change or (lambda count: None)
@@ -146,15 +147,25 @@ class InFlight:
                 self._on_change(len(self._running))
                 self._changed.notify_all()
 
+    def cut_now(self) -> None:
+        """End the grace period now, of a drain under way or of one yet to begin: the predictions in
+        flight are cut as at its deadline (a stop at once: SIGINT, or a second stop signal)."""
+        with self._changed:
+            self._at_once = True
+            self._changed.notify_all()
+
     def drain(self, grace: float) -> DrainResult:
-        """Refuse new predictions from now on, wait up to `grace` seconds for those in flight, then
-        stop the rest (each fails with ShuttingDown), answering any that will not stop in time."""
+        """Refuse new predictions from now on, wait up to `grace` seconds (or until `cut_now`) for
+        those in flight, then stop the rest (each fails with ShuttingDown), answering any that will
+        not stop in time."""
         with self._changed:
             self._draining = True
             at_start = len(self._running)
-            self._changed.wait_for(lambda: not self._running, timeout=grace)
+            self._changed.wait_for(lambda: not self._running or self._at_once, timeout=grace)
             self._cut_message = (
-                f"this server shut down before the prediction finished: it was still running "
+                "this server shut down before the prediction finished: it was told to stop at once; send it again"
+                if self._at_once
+                else f"this server shut down before the prediction finished: it was still running "
                 f"{grace:g} s after shutdown began ({DRAIN_ENV}); send it again"
             )
             self._cut = set(self._running)

@@ -9,8 +9,8 @@ from urllib.parse import urlparse
 import pytest
 
 from musicgen_cog.commands.health import main
+from musicgen_cog.serving.coglet_control import child_pids
 from tests.cog_server import CogServer
-from tests.helpers import child_pids
 from tests.loopback import LoopbackServer, Quiet
 
 

@@ -1,4 +1,4 @@
-"""Finding the port coglet listens on from its process id, and asking it to stop."""
+"""Finding coglet's port, its worker and the worker's handlers from their process ids, and asking it to stop."""
 
 import os
 import signal
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from musicgen_cog.serving.coglet_control import listening_address, stop_coglet
+from musicgen_cog.serving.coglet_control import catches, child_pids, listening_address, stop_coglet
+from tests.helpers import with_default_stop_signals
 
 # A stand-in for coglet's server process: it listens on a port the kernel picks (as PORT=0 does),
 # prints it, and reports the first POST it gets.
@@ -34,7 +35,11 @@ LISTENER = textwrap.dedent(
 @pytest.fixture
 def listener():
     process = subprocess.Popen(
-        [sys.executable, "-c", LISTENER], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", LISTENER],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=with_default_stop_signals,  # a Python process then catches SIGINT, whoever started the tests
     )
     assert process.stdout is not None
     port = int(process.stdout.readline())
@@ -84,7 +89,15 @@ def test_stopping_posts_to_shutdown_on_that_port(listener):
 
 
 def test_a_server_that_cannot_be_reached_is_sent_sigint():
-    # A shell's background job starts with SIGINT ignored, and exec keeps that: restore the default.
-    child = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=with_default_stop_signals)
     stop_coglet(child.pid)
     assert child.wait(timeout=30) == -signal.SIGINT
+
+
+def test_the_children_and_the_signals_they_catch_are_read_from_proc(listener):
+    process, _ = listener  # a Python process: it catches SIGINT (KeyboardInterrupt), not SIGUSR1
+    assert process.pid in child_pids(os.getpid())
+    assert catches(process.pid, signal.SIGINT) and not catches(process.pid, signal.SIGUSR1)
+    process.kill()
+    process.wait()
+    assert process.pid not in child_pids(os.getpid()) and not catches(process.pid, signal.SIGINT)

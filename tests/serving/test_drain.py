@@ -76,6 +76,32 @@ def test_predictions_still_running_at_the_deadline_are_stopped_and_fail_with_shu
     assert (result.finished, result.cut, result.abandoned) == (0, 1, 0) and in_flight.count == 0
 
 
+@pytest.mark.parametrize("during", [True, False], ids=["during a drain", "before it"])
+def test_cut_now_ends_the_grace_period_at_once(during):
+    """A second stop signal (or SIGINT) mid-drain, or before the drain's thread has begun."""
+    in_flight = InFlight()
+
+    def work(cancelled: threading.Event) -> str:
+        assert cancelled.wait(timeout=30), "the prediction was never cut"
+        raise RuntimeError("cancelled at a step boundary")
+
+    async def scenario():
+        running = asyncio.ensure_future(predict(in_flight, work))
+        await until(lambda: in_flight.count == 1)
+        if not during:
+            in_flight.cut_now()
+        drained = asyncio.ensure_future(asyncio.to_thread(in_flight.drain, 60))  # a grace it must not wait out
+        await until(lambda: in_flight.draining)
+        if during:
+            in_flight.cut_now()
+        with pytest.raises(ShuttingDown, match="before the prediction finished: it was told to stop at once; send it"):
+            await running
+        return await drained
+
+    result = asyncio.run(scenario())
+    assert (result.finished, result.cut, result.abandoned) == (0, 1, 0) and in_flight.count == 0
+
+
 def test_a_prediction_that_will_not_stop_is_answered_without_its_work(monkeypatch):
     monkeypatch.setattr(drain_module, "CUT_WAIT_SECONDS", 0.1)
     in_flight = InFlight()
