@@ -102,6 +102,30 @@ def test_cut_now_ends_the_grace_period_at_once(during):
     assert (result.finished, result.cut, result.abandoned) == (0, 1, 0) and in_flight.count == 0
 
 
+def test_a_prediction_that_fails_for_its_own_reason_during_a_drain_keeps_its_error():
+    """Only what the drain cut fails with ShuttingDown: a prediction that fails by itself while the
+    server drains tells its client its real error, and counts as finished."""
+    in_flight = InFlight()
+    fail = threading.Event()
+
+    def work(cancelled: threading.Event) -> str:
+        assert fail.wait(timeout=30), "the test never let the prediction fail"
+        raise ValueError("top_k is out of range")
+
+    async def scenario():
+        running = asyncio.ensure_future(predict(in_flight, work))
+        await until(lambda: in_flight.count == 1)
+        drained = asyncio.ensure_future(asyncio.to_thread(in_flight.drain, 60))
+        await until(lambda: in_flight.draining)
+        fail.set()
+        with pytest.raises(ValueError, match="top_k is out of range"):
+            await running
+        return await drained
+
+    result = asyncio.run(scenario())
+    assert (result.finished, result.cut, result.abandoned) == (1, 0, 0) and in_flight.count == 0
+
+
 def test_a_prediction_that_will_not_stop_is_answered_without_its_work(monkeypatch):
     monkeypatch.setattr(drain_module, "CUT_WAIT_SECONDS", 0.1)
     in_flight = InFlight()
