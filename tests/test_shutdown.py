@@ -16,8 +16,11 @@ import pytest
 from musicgen_cog.commands.health import server_status
 from musicgen_cog.serving.drain import DRAIN_ENV
 from musicgen_cog.serving.load_gauge import METRICS_FILE_ENV
+from tests import held_predictor
 from tests.cog_server import CogServer, Receiver
 from tests.conftest import ROOT
+from tests.model.test_decoding_loop import wait_until
+from tests.test_stopping import HELD
 
 pytestmark = pytest.mark.slow  # a server of its own per test
 
@@ -121,15 +124,22 @@ def test_predictions_past_the_grace_period_are_cut_with_a_terminal_status_in_web
 def test_a_prediction_in_a_stage_that_outlasts_the_cut_is_answered_before_the_server_stops(
     tiny_weights, schema_file, tmp_path, receiver
 ):
-    """MBD sees a cut only when it ends (about 2 minutes for 60 s of audio here): its client is told
-    15 s after the deadline, while the work itself is left to the process's end."""
-    server = drained_server(tiny_weights, tmp_path, grace=1)
+    """MBD sees a cut only when it ends (minutes for long audio): its client is told 15 s after the
+    deadline, while the work itself is left to the process's end. The stage is the held predictor's,
+    held until the test lets it go, after the answer: at any speed, it outlasts the cut."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / held_predictor.SETUP_GO).touch()
+    held_env = {"COG_PREDICT_TYPE_STUB": HELD, held_predictor.HOLD_ENV: str(hold)}
+    server = CogServer.as_deployed(tiny_weights, tmp_path / "server.log", env={DRAIN_ENV: "1", **held_env})
     try:
+        server.wait_for("READY")
         server.start("in-mbd", receiver, prompt="x", duration=60, multi_band_diffusion=True)
-        wait_for_log(server, "with MultiBand Diffusion", timeout=240)  # webhooks carry it only at the end
+        wait_until(lambda: (hold / held_predictor.started("x")).exists())
         server.process.send_signal(signal.SIGTERM)
         receiver.wait_for(lambda r: "in-mbd" in terminal_webhooks(r), timeout=120)
-        assert server.process.wait(timeout=300) == 0
+        (hold / held_predictor.go("x")).touch()  # the stage ends; the process may stop
+        assert server.process.wait(timeout=120) == 0
     finally:
         server.stop()
     body = terminal_webhooks(receiver)["in-mbd"]
