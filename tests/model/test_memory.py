@@ -30,6 +30,15 @@ def melody(device: str, predictions: int) -> memory.WorkingMemory:
     )
 
 
+def test_a_text_only_checkpoint_keeps_no_stems_and_two_predictions_keep_every_stage():
+    """No htdemucs without a melody conditioner, no MBD where the checkpoint cannot use it, no cuBLAS
+    workspaces on a CPU; two predictions may each be in another stage, so all are kept at once."""
+    working = working_memory(10.0, melody=False, mbd=False, device="cpu", predictions=2, prefill=1000)
+    assert working.stages == {"conditioning": 64 * 2**20, "prefill": 1000, "codec": (48 + 42 * 10) * 2**20}
+    assert working.total == (64 + 48 + 420) * 2**20 + 1000
+    assert working.describe() == "conditioning 0.07 GB, prefill 0.00 GB, codec 0.49 GB"
+
+
 def test_a_melody_size_slot_takes_1_36_gb_in_fp16_and_twice_that_in_fp32():
     assert GPU_SLOT == 2 * 2 * 48 * 2304 * 1536 * 2 == 1_358_954_496
     assert CPU_SLOT == 2 * GPU_SLOT
@@ -92,6 +101,15 @@ def machine(tmp_path, monkeypatch) -> int:
 def test_without_a_container_the_cpu_has_the_machines_available_memory(machine, monkeypatch):
     monkeypatch.setattr(memory, "CGROUP", memory.CGROUP / "absent")
     assert free_memory("cpu") == machine
+
+
+def test_a_kernel_without_memavailable_fails_setup_saying_so(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 16777216 kB\nMemFree: 1048576 kB\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+    monkeypatch.setattr(memory, "CGROUP", memory.CGROUP / "absent")
+    with pytest.raises(AssertionError, match=r"^/proc/meminfo has no MemAvailable \(Linux 3\.14 and later have it\)$"):
+        free_memory("cpu")
 
 
 @pytest.mark.parametrize("version", [2, 1])
