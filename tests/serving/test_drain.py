@@ -1,6 +1,7 @@
 """The predictions in flight and the drain: refusals, waiting for the last one, cutting the rest."""
 
 import asyncio
+import gc
 import threading
 
 import pytest
@@ -9,11 +10,13 @@ from musicgen_cog.serving import drain as drain_module
 from musicgen_cog.serving.drain import DRAIN_ENV, REFUSED, InFlight, ShuttingDown, drain_seconds
 
 
-def test_the_grace_period_is_300_s_unless_the_variable_says_otherwise(monkeypatch):
+@pytest.mark.parametrize("value, seconds", [(None, 300), ("", 300), ("42.5", 42.5), ("0.5", 0.5), (" 0 ", 0)])
+def test_the_grace_period_is_300_s_unless_the_variable_says_otherwise(monkeypatch, value, seconds):
+    """0 is a grace period too: predictions in flight are cut at once."""
     monkeypatch.delenv(DRAIN_ENV, raising=False)
-    assert drain_seconds() == 300
-    monkeypatch.setenv(DRAIN_ENV, "42.5")
-    assert drain_seconds() == 42.5
+    if value is not None:
+        monkeypatch.setenv(DRAIN_ENV, value)
+    assert drain_seconds() == seconds
 
 
 @pytest.mark.parametrize("value", ["-1", "soon", "nan"])
@@ -41,14 +44,16 @@ def test_a_drain_waits_for_the_predictions_in_flight_and_refuses_new_ones():
     release = threading.Event()
 
     async def scenario():
-        running = [asyncio.ensure_future(predict(in_flight, lambda c: release.wait(30) and "file")) for _ in range(2)]
-        await until(lambda: in_flight.count == 2)
-        drained = asyncio.ensure_future(asyncio.to_thread(in_flight.drain, 60))
-        await until(lambda: in_flight.draining)
-        with pytest.raises(ShuttingDown, match=REFUSED), in_flight.admit():
-            pass
-        assert not drained.done()  # still waiting for the two
-        release.set()
+        try:
+            running = [asyncio.ensure_future(predict(in_flight, lambda c: release.wait(30) and "file")) for _ in "ab"]
+            await until(lambda: in_flight.count == 2)
+            drained = asyncio.ensure_future(asyncio.to_thread(in_flight.drain, 60))
+            await until(lambda: in_flight.draining)
+            with pytest.raises(ShuttingDown, match=REFUSED), in_flight.admit():
+                pass
+            assert not drained.done()  # still waiting for the two
+        finally:
+            release.set()  # the threads end now, also when the test has failed
         return await asyncio.gather(*running), await drained
 
     files, result = asyncio.run(scenario())
@@ -58,22 +63,29 @@ def test_a_drain_waits_for_the_predictions_in_flight_and_refuses_new_ones():
 
 
 def test_predictions_still_running_at_the_deadline_are_stopped_and_fail_with_shutting_down():
-    in_flight = InFlight()
+    in_flight, stops = InFlight(), []
 
     def work(cancelled: threading.Event) -> str:
+        stops.append(cancelled)
         assert cancelled.wait(timeout=30), "the drain never stopped the prediction"
         raise RuntimeError("cancelled at a step boundary")  # as the pipeline's GenerationCancelled
 
     async def scenario():
-        running = asyncio.ensure_future(predict(in_flight, work))
-        await until(lambda: in_flight.count == 1)
-        result = await asyncio.to_thread(in_flight.drain, 0.1)
-        with pytest.raises(ShuttingDown, match=r"still running 0.1 s after shutdown began \(MUSICGEN_DRAIN_SECONDS\)"):
-            await running
-        return result
+        try:
+            running = asyncio.ensure_future(predict(in_flight, work))
+            await until(lambda: in_flight.count == 1)
+            result = await asyncio.to_thread(in_flight.drain, 0.1)
+            message = r"still running 0.1 s after shutdown began \(MUSICGEN_DRAIN_SECONDS\)"
+            with pytest.raises(ShuttingDown, match=message) as cut:
+                await running
+        finally:
+            for stop in stops:  # a drain that never stopped it: the thread ends now all the same
+                stop.set()
+        return result, cut.value.__cause__
 
-    result = asyncio.run(scenario())
+    result, cause = asyncio.run(scenario())
     assert (result.finished, result.cut, result.abandoned) == (0, 1, 0) and in_flight.count == 0
+    assert str(cause) == "cancelled at a step boundary"  # the drain stopped its work
 
 
 @pytest.mark.parametrize("during", [True, False], ids=["during a drain", "before it"])
@@ -113,11 +125,13 @@ def test_a_prediction_that_fails_for_its_own_reason_during_a_drain_keeps_its_err
         raise ValueError("top_k is out of range")
 
     async def scenario():
-        running = asyncio.ensure_future(predict(in_flight, work))
-        await until(lambda: in_flight.count == 1)
-        drained = asyncio.ensure_future(asyncio.to_thread(in_flight.drain, 60))
-        await until(lambda: in_flight.draining)
-        fail.set()
+        try:
+            running = asyncio.ensure_future(predict(in_flight, work))
+            await until(lambda: in_flight.count == 1)
+            drained = asyncio.ensure_future(asyncio.to_thread(in_flight.drain, 60))
+            await until(lambda: in_flight.draining)
+        finally:
+            fail.set()
         with pytest.raises(ValueError, match="top_k is out of range"):
             await running
         return await drained
@@ -132,16 +146,71 @@ def test_a_prediction_that_will_not_stop_is_answered_without_its_work(monkeypatc
     stuck = threading.Event()  # as a long MBD stage, which sees the cut only when it ends
 
     async def scenario():
-        running = asyncio.ensure_future(predict(in_flight, lambda cancelled: stuck.wait(30)))
-        await until(lambda: in_flight.count == 1)
-        result = await asyncio.to_thread(in_flight.drain, 0.1)
-        with pytest.raises(ShuttingDown, match=r"still running 0\.1 s after shutdown began"):
-            await running
-        stuck.set()  # let the thread end before the loop closes
+        try:
+            running = asyncio.ensure_future(predict(in_flight, lambda cancelled: stuck.wait(30)))
+            await until(lambda: in_flight.count == 1)
+            result = await asyncio.to_thread(in_flight.drain, 0.1)
+            with pytest.raises(ShuttingDown, match=r"still running 0\.1 s after shutdown began"):
+                await running
+        finally:
+            stuck.set()  # let the thread end before the loop closes
         return result
 
     result = asyncio.run(scenario())
     assert (result.finished, result.cut, result.abandoned) == (0, 1, 1) and in_flight.count == 0
+
+
+def test_work_the_drain_gave_up_on_that_fails_later_is_reported_to_no_one(monkeypatch):
+    """Its client was answered long ago: the failure of the work left running must not reach the
+    event loop's handler ("Task exception was never retrieved" in the server's log)."""
+    monkeypatch.setattr(drain_module, "CUT_WAIT_SECONDS", 0.1)
+    in_flight, stuck, reported = InFlight(), threading.Event(), []
+
+    def work(cancelled: threading.Event) -> str:
+        stuck.wait(30)
+        raise RuntimeError("MultiBand Diffusion failed after the drain gave up on it")
+
+    async def scenario():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context["message"]))
+        try:
+            running = asyncio.ensure_future(predict(in_flight, work))
+            await until(lambda: in_flight.count == 1)
+            await asyncio.to_thread(in_flight.drain, 0.1)
+            with pytest.raises(ShuttingDown):
+                await running
+            left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        finally:
+            stuck.set()
+        await until(lambda: all(task.done() for task in left))  # failed, not cancelled by asyncio.run
+
+    asyncio.run(scenario())
+    gc.collect()  # an exception nobody retrieved is reported when its task is collected
+    assert reported == []
+
+
+def test_a_drain_ends_even_if_a_prediction_never_leaves(monkeypatch):
+    """A prediction whose event loop is frozen never hears the cut nor the drain giving up: the drain
+    still ends, CUT_WAIT_SECONDS after giving up, and says so (the process then stops regardless)."""
+    monkeypatch.setattr(drain_module, "CUT_WAIT_SECONDS", 0.1)
+    in_flight, admitted, thaw = InFlight(), threading.Event(), threading.Event()
+
+    async def frozen():
+        with in_flight.admit():
+            admitted.set()
+            thaw.wait(30)  # blocks its event loop: nothing scheduled on it runs
+            thawed.set()
+
+    thawed = threading.Event()
+    frozen_loop = threading.Thread(target=asyncio.run, args=(frozen(),), daemon=True)
+    frozen_loop.start()
+    try:
+        assert admitted.wait(timeout=30)
+        drained = in_flight.drain(0.1)
+        assert not thawed.is_set()  # it ended without the prediction
+    finally:
+        thaw.set()
+        frozen_loop.join(timeout=30)
+    assert (drained.finished, drained.cut, drained.abandoned) == (0, 1, 1)
 
 
 def test_cancelling_a_prediction_cancels_its_work_and_waits_for_it():
