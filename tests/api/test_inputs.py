@@ -36,6 +36,7 @@ def test_continuation_needs_audio_with_the_hosted_message():
 def test_slice_start_after_end_with_the_hosted_message():
     message = error_of(prompt="x", input_audio=AUDIO, continuation_start=5, continuation_end=2)
     assert message == "`continuation_start` must be less than or equal to `continuation_end`"
+    validate(PredictionInputs(prompt="x", input_audio=AUDIO, continuation_start=5, continuation_end=5), MELODY_MODEL)
 
 
 @pytest.mark.parametrize("end", [None, -1])
@@ -47,13 +48,22 @@ def test_end_of_minus_one_or_none_means_end_of_clip(end):
 
 def test_melody_on_a_model_without_chroma_is_refused():
     text_only = ModelLimits(codebook_size=2048, supports_melody=False, supports_mbd=True)
-    assert "no chroma (melody) conditioner" in error_of(text_only, prompt="x", input_audio=AUDIO)
+    with pytest.raises(InputError) as caught:
+        validate(PredictionInputs(prompt="x", input_audio=AUDIO), text_only)
+    assert caught.value.input_name == "input_audio" and str(caught.value) == (
+        "input_audio cannot be used as a melody: this model has no chroma (melody) conditioner. "
+        "Set continuation to true to continue the audio instead."
+    )
     validate(PredictionInputs(prompt="x", input_audio=AUDIO, continuation=True), text_only)
 
 
 def test_mbd_on_a_stereo_model_is_refused():
     stereo = ModelLimits(codebook_size=2048, supports_melody=True, supports_mbd=False)
-    assert error_of(stereo, prompt="x", multi_band_diffusion=True).startswith("multi_band_diffusion only works")
+    assert error_of(stereo, prompt="x", multi_band_diffusion=True) == (
+        "multi_band_diffusion only works with mono (4-codebook) models; this checkpoint is stereo. "
+        "Set multi_band_diffusion to false."
+    )
+    validate(PredictionInputs(prompt="x"), stereo)
 
 
 @pytest.mark.parametrize(
@@ -97,6 +107,7 @@ def test_out_of_range_values_name_the_input_and_what_is_accepted(field, value, e
         ("seed", 0),
         ("seed", -1),
         ("seed", 2**32 - 1),
+        ("duration", 1),
         ("duration", 300),
         ("prompt", "x" * 2000),
     ],

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pyloudnorm
 import pytest
 import torch
 
@@ -52,6 +53,16 @@ def test_loudness_reaches_minus_14_lufs_measured_by_ffmpeg(tmp_path):
     assert ffmpeg_loudness(path) == pytest.approx(-14.0, abs=0.5)
 
 
+def test_loudness_is_pyloudnorms_measure_in_double_precision_from_one_gating_block_on():
+    """BS.1770's 400 ms gating block: a clip one block long is measured, a sample shorter is not."""
+    block = int(0.4 * SAMPLE_RATE)
+    clip = noise(0.1, seconds=0.4)
+    assert clip.shape[-1] == block and clip.dtype == torch.float32
+    expected = pyloudnorm.Meter(SAMPLE_RATE).integrated_loudness(clip.double().numpy().T)
+    assert measure_loudness(clip, SAMPLE_RATE) == expected and math.isfinite(expected)
+    assert measure_loudness(clip[:, : block - 1], SAMPLE_RATE) == -math.inf
+
+
 def test_loudness_leaves_audio_below_the_energy_floor_unchanged():
     faint = noise(1e-3)
     assert torch.equal(normalize(faint, SAMPLE_RATE, "loudness"), faint)
@@ -59,9 +70,10 @@ def test_loudness_leaves_audio_below_the_energy_floor_unchanged():
 
 def test_loudness_and_rms_clamp_to_full_scale():
     spiky = noise(0.02)
-    spiky[0, 100] = 50.0
+    spiky[0, 100], spiky[0, 200] = 50.0, -50.0
     for strategy in ("loudness", "rms"):
-        assert normalize(spiky, SAMPLE_RATE, strategy).abs().max().item() <= 1.0
+        out = normalize(spiky, SAMPLE_RATE, strategy)
+        assert out.max().item() == 1.0 and out.min().item() == -1.0
 
 
 @pytest.mark.parametrize("strategy", NORMALIZATION_STRATEGIES)
@@ -74,7 +86,7 @@ def test_silence_stays_silence_without_nan(strategy):
 def test_non_finite_audio_is_an_error_not_a_silent_result():
     bad = noise(0.1)
     bad[0, 5] = math.nan
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match=r"^cannot normalize audio that holds NaN or infinite samples$"):
         normalize(bad, SAMPLE_RATE, "peak")
 
 
