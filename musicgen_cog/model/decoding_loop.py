@@ -153,11 +153,10 @@ class DecodingLoop:
         self.steps.release()
 
     def _device_failed(self, exc: BaseException) -> None:
-        """A sticky error: every window fails with it, and the loop stops."""
+        """A sticky error: every window fails with it (the caller then stops the loop)."""
         failure = self.health.failed(exc)
         for window in self._active + self._waiting:
             self._leave(window, failure)
-        self._closed = True
 
     def _take_incoming(self, block: bool, perform: bool = True) -> None:
         """Take what was handed in: windows wait for a slot, calls run (or, `when_idle`, wait for

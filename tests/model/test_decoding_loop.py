@@ -21,6 +21,7 @@ from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
 from musicgen_cog.model.steps import BatchedSteps
 from tests.helpers import tone
+from tests.model.conftest import RecordingStreams
 
 SLOTS = 3
 CLIP = Audio(torch.from_numpy(tone(3.0, 32000, 1)).T.contiguous(), 32000)
@@ -295,6 +296,64 @@ def test_a_failed_shared_step_fails_the_requests_in_it_and_the_loop_goes_on(mode
     outcome = together(model, [(11, request(1)), (12, request(1))])
     assert all(isinstance(o, RuntimeError) and "illegal memory access" in str(o) for o in outcome)
     assert tokens(model, 13, request(1)).shape[-1] == 50
+
+
+def test_a_call_runs_between_two_steps_of_a_request_and_answers_with_its_result_or_error(model, steps_seen):
+    """`call` without `when_idle` does not wait for the windows in flight to leave; its caller gets
+    what the work returned, or the exception it raised."""
+    with ThreadPoolExecutor(1) as pool:
+        decoding = pool.submit(tokens, model, 17, request(5))
+        wait_until(lambda: len(steps_seen) > 5)
+        assert model.loop.call(lambda: len(model.loop._active)).result(timeout=60) == 1  # the request still in
+        with pytest.raises(ZeroDivisionError):
+            model.loop.call(lambda: 1 / 0).result(timeout=60)
+        assert decoding.result().shape[-1] == 250
+
+
+def test_a_loop_is_waited_on_only_while_windows_are_in_it_or_handed_in(model):
+    """What health's stall check reads: with nothing in flight nothing stalls, however long since
+    the last step; a window handed in while the loop's thread is held up is waiting on it."""
+    loop, release = model.loop, threading.Event()
+    loop.last_progress -= 3600  # an hour without a request
+    assert loop.stalled_for() == 0.0
+    held = loop.call(lambda: release.wait(timeout=60))  # the loop's thread, busy with it
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(tokens, model, 18, request(1))
+            wait_until(lambda: not loop._incoming.empty())
+            assert loop.stalled_for() > 0
+            release.set()
+            assert held.result(timeout=60) and waiting.result().shape[-1] == 50
+    finally:
+        release.set()
+    assert loop.stalled_for() == 0.0
+
+
+def test_a_sticky_error_in_a_call_fails_its_caller_and_the_devices_health(tiny_weights):
+    """The call's caller gets the error; health fails with it, and the loop stops."""
+    loaded = load_model(tiny_weights, device="cpu", slots=2)
+    assert loaded.loop is not None
+
+    def illegal_access():
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(torch.AcceleratorError, match="illegal memory access"):
+        loaded.loop.call(illegal_access).result(timeout=60)
+    assert not loaded.health.ok and "AcceleratorError: CUDA error: an illegal memory access" in str(
+        loaded.health.error()
+    )
+    wait_until(lambda: not loaded.loop.alive)
+
+
+def test_the_loop_hands_each_window_over_through_the_streams_it_was_given(tiny_weights):
+    """On a GPU the loop's stream waits for the event the request recorded after writing its window,
+    and records one after writing its result (here the streams record their calls)."""
+    loaded = load_model(tiny_weights, device="cpu", slots=2)
+    loaded.streams = streams = RecordingStreams()
+    start_decoding_loop(loaded, 2, BATCHED)
+    tokens(loaded, 19, request(1))
+    by_the_loop = [what for thread, what, _ in streams.calls if thread == "decoding-loop"]
+    assert by_the_loop[:2] == ["wait", "keep alive"] and "mark" in by_the_loop
 
 
 def test_a_closed_loop_frees_its_cache_and_a_new_one_takes_over(tiny_weights):
