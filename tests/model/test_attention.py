@@ -174,6 +174,19 @@ def test_sdpa_under_a_mask_attends_each_row_to_its_own_filled_positions():
     torch.testing.assert_close(halves.float(), got, rtol=2e-3, atol=2e-3)
 
 
+def test_sdpa_under_a_mask_runs_where_the_query_is_in_its_precision_whatever_the_caches():
+    """Its mask is made on the query's device (torch's default here is `meta`, the query a CPU's), and
+    a cache kept in another precision is read in the query's (a bf16 query over an fp32 cache)."""
+    query, keys, values = cache(2, seed=12)
+    lengths = torch.tensor([CHUNK + 1, 3])
+    expected = masked_sdpa(query, keys, values, lengths, 2 * CHUNK)
+    with torch.device("meta"):
+        assert torch.equal(masked_sdpa(query, keys, values, lengths, 2 * CHUNK), expected)
+    halves = masked_sdpa(query.bfloat16(), keys, values, lengths, 2 * CHUNK)
+    assert halves.dtype == torch.bfloat16
+    torch.testing.assert_close(halves.float(), expected, rtol=2e-2, atol=2e-2)
+
+
 COMPILE_FOR_A_GPU = """
 import sys
 import triton

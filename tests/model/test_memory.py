@@ -135,6 +135,18 @@ def test_no_limit_leaves_the_machines_available_memory(tmp_path, monkeypatch, ma
     assert free_memory("cpu") == machine
 
 
+def test_a_cgroup_that_gives_a_limit_but_not_its_usage_is_no_limit(tmp_path, monkeypatch, machine):
+    root = cgroup(tmp_path, 4 * GIB, 1 * GIB)
+    (root / "memory.current").unlink()
+    monkeypatch.setattr(memory, "CGROUP", root)
+    assert free_memory("cpu") == machine
+
+
+def test_sizes_are_written_in_gigabytes_of_a_billion_bytes():
+    assert memory.gigabytes(2 * 10**9) == "2.00 GB"
+    assert memory.gigabytes(1_375_000_000) == "1.38 GB"  # a tie at two decimals, rounded to even
+
+
 def test_a_4_gb_container_cannot_hold_a_melody_size_slot_and_says_what_it_needs(tmp_path, monkeypatch, machine):
     monkeypatch.setattr(memory, "CGROUP", cgroup(tmp_path, 4 * GIB, int(0.5 * GIB)))
     working = melody("cpu", 8)

@@ -140,6 +140,17 @@ def test_the_graphable_sampler_gives_each_row_its_own_rule_and_argmax_at_tempera
     assert torch.equal(highest_uniform, logits[2:].argmin(-1, keepdim=True))  # the last of the sorted tokens
 
 
+def test_a_draw_at_the_top_of_the_cdf_takes_the_last_kept_token_never_one_that_was_cut():
+    """A GPU's parallel cumsum may round the total past the last kept token's running sum, so that
+    a draw near 1 lands beyond it; a uniform of exactly 1 stands in for that here. Each row keeps
+    its own count: one token for top-k 1, two for top-k 2, the nucleus's for top-p."""
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    logits = probs.log().expand(3, 1, 4)
+    rules = rows_of(Sampling(1, 0.0, 1.0, 3.0), Sampling(2, 0.0, 1.0, 3.0), Sampling(250, 0.75, 1.0, 3.0))
+    tokens = sample_rows(logits, rules, torch.ones(3, 1))
+    assert tokens.flatten().tolist() == [0, 1, 2]  # top-p 0.75 keeps 0.4, 0.3 and 0.2 (0.7 came before it)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_guidance_of_every_slot_at_once_is_each_pairs_guidance(dtype):
     """In the logits' own precision too (bf16 under a GPU's autocast), rounded as audiocraft rounds."""

@@ -43,8 +43,8 @@ def test_a_window_is_laid_out_in_audiocrafts_delay_pattern_and_read_back_as_code
     lm = SimpleNamespace(pattern_provider=DelayedPatternProvider(n_q=4), num_codebooks=4, special_token_id=SPECIAL)
     codes = [[10, 20], [30, 40], [50, 60], [70, 80]]  # [K, T]: the first 2 frames of 5
     conditions = {"description": (torch.ones(1, 3), torch.zeros(1, 3)), "self_wav": (torch.ones(2), None)}
-    generator = torch.Generator()
-    laid = Window.laid_out(lm, torch.tensor([codes]), 5, conditions, Sampling(250, 0.0, 1.0, 3.0), generator=generator)
+    generator, sampling = torch.Generator(), Sampling(250, 0.0, 1.0, 3.0)
+    laid = Window.laid_out(lm, torch.tensor([codes]), 5, conditions, sampling, generator=generator)
 
     def expected(k: int, step: int) -> int:
         frame = step - 1 - k
@@ -53,6 +53,7 @@ def test_a_window_is_laid_out_in_audiocrafts_delay_pattern_and_read_back_as_code
     assert laid.sequence.tolist() == [[[expected(k, step) for step in range(9)] for k in range(4)]]
     assert laid.mask.tolist() == [[0 <= step - 1 - k < 5 for step in range(9)] for k in range(4)]
     assert laid.first_step == 3 and laid.generator is generator and laid.special_token == SPECIAL
+    assert laid.sampling is sampling  # the request's own top-k, top-p, temperature and guidance
     description, self_wav = conditions["description"], conditions["self_wav"]
     assert [id(t) for t in laid.tensors()] == [id(t) for t in (laid.sequence, laid.mask, *description, self_wav[0])]
     laid.offset = laid.first_step
@@ -60,3 +61,13 @@ def test_a_window_is_laid_out_in_audiocrafts_delay_pattern_and_read_back_as_code
         laid.write(torch.tensor([[[1], [2], [3], [4]]]) * laid.offset)
     new = [[(k + 1) * (frame + 1 + k) for frame in range(2, 5)] for k in range(4)]
     assert laid.tokens(laid.sequence).tolist() == [[codes[k] + new[k] for k in range(4)]]
+
+
+def test_a_window_is_laid_out_on_its_prompts_device_in_long_tokens():
+    """The sequence lives where the prompt's codes do (a GPU's window never crosses to the host),
+    shown on the meta device, which any machine has."""
+    lm = SimpleNamespace(pattern_provider=DelayedPatternProvider(n_q=4), num_codebooks=4, special_token_id=SPECIAL)
+    prompt = torch.zeros(1, 4, 2, dtype=torch.long, device="meta")
+    laid = Window.laid_out(lm, prompt, 5, {}, Sampling(250, 0.0, 1.0, 3.0), generator=None)
+    assert laid.sequence.device == prompt.device and laid.mask.device == prompt.device
+    assert laid.sequence.dtype == torch.long
