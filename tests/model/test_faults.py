@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from musicgen_cog.model import faults, loading, randomness
-from musicgen_cog.model.decoding_path import BATCHED
+from musicgen_cog.model.decoding_path import BATCHED, LADDER
 from musicgen_cog.model.faults import DeviceFailed, OutOfMemory
 from musicgen_cog.model.generation import GenerationRequest, generate
 from musicgen_cog.model.loading import load_model, start_decoding_loop
@@ -244,6 +244,36 @@ def test_a_capture_that_fails_oddly_turns_graphs_off_and_the_loop_goes_on(graphe
     assert not graphed.loop.steps.graphs_enabled and graphed.loop.alive
     assert torch.equal(tokens(graphed, 1, request(1)), expected)
     assert not graphed.healthy() and "TypeError: a capture gone wrong" in str(graphed.health.suspicion)
+
+
+def test_a_capture_that_fails_after_others_succeeded_leaves_their_graphs_unreplayed(
+    tiny_weights, replayed, monkeypatch
+):
+    """Graphs off means off: the graphs captured at warm-up are not replayed after a later capture
+    failed (every capture shares the allocator the failure may have left mid-capture). Shown with
+    SDPA's graphs, one per bucket of the cache, the spans eager steps read too."""
+    from musicgen_cog.model import steps as steps_module
+    from tests.model.conftest import ReplayedStep
+
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(model, 2, LADDER[2])
+    assert model.loop is not None and model.loop.steps.decoder.attention == "sdpa"
+    monkeypatch.setattr(ReplayedStep, "loop", model.loop)
+    warm_up(model)
+    batched, replays, replay = model.loop.steps, [], ReplayedStep.replay
+    monkeypatch.setattr(ReplayedStep, "replay", lambda self: replays.append(self) or replay(self))
+    expected = tokens(model, 1, request(1))
+    assert len(batched.graphs) > 1 and replays  # stepped from its graphs
+
+    def odd(*args):
+        raise TypeError("a capture gone wrong")
+
+    monkeypatch.setattr(steps_module, "CudaGraphStep", odd)
+    model.loop.call(lambda: batched.pending.add(1)).result(timeout=60)  # a span met without a graph
+    after_idle(model)  # the loop has gone round once since: it tried that capture
+    assert not batched.graphs_enabled and batched.graphs
+    replays.clear()
+    assert torch.equal(tokens(model, 1, request(1)), expected) and replays == []
 
 
 def test_a_capture_waits_while_mbd_draws_from_the_default_generators(graphed, replayed):

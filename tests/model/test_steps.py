@@ -7,6 +7,7 @@ Graphs are 'captured' as ReplayedStep (tests/model/conftest.py); models are pinn
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import textwrap
 import threading
@@ -473,3 +474,73 @@ def test_a_step_that_cannot_be_compiled_runs_eagerly_with_one_warning(tiny_weigh
         "torch.compile of the decoding step failed (CppCompileError: no working C compiler); "
         "running it eagerly from now on"
     ]
+
+
+@pytest.mark.parametrize("path", [decoding_path.PER_SLOT, BATCHED], ids=["per-slot", "batched"])
+def test_the_guided_logits_read_by_the_proof_are_those_each_slots_last_token_was_drawn_from(tiny_weights, path):
+    """At temperature 0 every token is the argmax of the guided logits its slot exposes after the
+    step (two requests in slots 0 and 1); before any step there are none."""
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    start_decoding_loop(model, 2, path)
+    assert model.loop is not None
+    served = model.loop.steps
+    if isinstance(served, BatchedSteps):
+        with pytest.raises(AssertionError, match=r"^no step has run$"):
+            served.guided_logits(0)
+    drawn, step = [], served.step
+
+    def recording(windows):
+        failed = step(windows)  # the token is written at the window's offset, which then advances
+        drawn.extend((w, w.offset - 1, served.guided_logits(w.slot).argmax(-1)) for w in windows)
+        return failed
+
+    served.step = recording
+    together(model, [(1, request(1, temperature=0.0)), (2, request(1, temperature=0.0))])
+    assert {w.slot for w, _, _ in drawn} == {0, 1}
+    for window, offset, argmax in drawn:
+        valid = window.mask[:, offset]  # codebooks the delay pattern fills at this offset
+        if isinstance(served, BatchedSteps):  # written in the slot's state on the device
+            written = served.state.sequences[window.slot, :, offset]
+        else:
+            written = window.sequence[0, :, offset]
+        assert torch.equal(written[valid], argmax[valid])
+
+
+def test_a_graph_warms_up_twice_then_captures_a_third_run_on_the_stream_given_into_the_pool_given(monkeypatch):
+    """What the CUDA runtime is asked, with torch.cuda's stream, graph and capture stood in (no GPU
+    here): the warm-up runs and the capture on the loop's stream, into the pool every capture
+    shares, in thread-local mode (requests' threads run their own CUDA work meanwhile); a replay
+    gives what the captured run returned."""
+    asked: list[Any] = []
+
+    class Graph:
+        def replay(self):
+            asked.append("replay")
+
+    @contextlib.contextmanager
+    def on_stream(stream):
+        asked.append(("on stream", stream))
+        yield
+        asked.append("off stream")
+
+    @contextlib.contextmanager
+    def capturing(graph, pool, stream, capture_error_mode):
+        asked.append(("capture", type(graph), pool, stream, capture_error_mode))
+        yield
+        asked.append("captured")
+
+    monkeypatch.setattr(torch.cuda, "stream", on_stream)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", capturing)
+    runs = iter(range(3))
+
+    def step() -> torch.Tensor:
+        run = next(runs)
+        asked.append(f"run {run}")
+        return torch.tensor([run])
+
+    pool, stream = object(), object()
+    graph = steps.CudaGraphStep(step, "cpu", pool=pool, stream=stream)
+    capture = ("capture", Graph, pool, stream, "thread_local")
+    assert asked == [("on stream", stream), "run 0", "run 1", capture, "run 2", "captured", "off stream"]
+    assert graph.replay().item() == 2 and asked[-1] == "replay"
