@@ -103,13 +103,44 @@ def test_a_capture_that_runs_out_of_memory_is_tried_again_later_and_graphs_stay_
             raise oom()
         return real(*args)
 
+    released: list[str] = []
     monkeypatch.setattr(steps_module, "CudaGraphStep", short_of_memory)
+    monkeypatch.setattr(steps_module, "release_cached_memory", released.append)
     warm_up(graphed)
     batched = graphed.loop.steps
     assert len(attempts) == 2 and batched.graphs_enabled and not batched.pending
     assert list(batched.graphs) == [graphed.loop.decoder.cache_length()]
     warnings = [r.getMessage() for r in logs.records if "capture" in r.getMessage()]
     assert warnings == ["warm-up: CUDA graph capture ran out of memory; decoding eagerly, capturing later"]
+    assert released == ["cpu"]  # what the failed capture held goes back to its device before the next try
+
+
+def test_a_capture_that_runs_out_of_memory_saving_the_slots_state_is_tried_again_later(
+    graphed, replayed, monkeypatch, logs
+):
+    """The state is saved before a capture (its warm-up runs advance it): short of memory there,
+    the capture is put off as any other that ran short, and nothing else goes wrong."""
+    from musicgen_cog.model.faults import CAPTURING
+    from musicgen_cog.model.steps import SlotState
+
+    tensors, short = SlotState.tensors, [True]
+
+    def saved_short_of_memory(self):
+        if CAPTURING.is_set() and short:
+            short.clear()
+            raise oom()
+        return tensors(self)
+
+    monkeypatch.setattr(SlotState, "tensors", saved_short_of_memory)
+    assert tokens(graphed, 1, request(1)).shape[-1] == 50
+    after_idle(graphed)  # the capture tried once the request had left ran short
+    batched = graphed.loop.steps
+    assert not short and batched.graphs_enabled and batched.pending and not batched.graphs
+    after_idle(graphed)  # tried again
+    assert list(batched.graphs) == [graphed.loop.decoder.cache_length()] and not batched.pending
+    assert [r.getMessage() for r in logs.records if r.levelname in ("WARNING", "ERROR")] == [
+        "CUDA graph capture ran out of memory; decoding eagerly, capturing later"
+    ]
 
 
 def test_a_sticky_device_error_stops_the_loop_fails_every_request_and_health(model, monkeypatch, admit_together):
@@ -244,6 +275,26 @@ def test_a_capture_that_fails_oddly_turns_graphs_off_and_the_loop_goes_on(graphe
     assert not graphed.loop.steps.graphs_enabled and graphed.loop.alive
     assert torch.equal(tokens(graphed, 1, request(1)), expected)
     assert not graphed.healthy() and "TypeError: a capture gone wrong" in str(graphed.health.suspicion)
+
+
+def test_a_capture_that_meets_a_sticky_error_stops_the_loop_and_fails_health(graphed, replayed, monkeypatch):
+    """An error the device does not come back from is not a capture's own failure: here one whose
+    text says nothing, on a device (stood in) that no longer runs a kernel when asked."""
+    from musicgen_cog.model import steps as steps_module
+
+    read = threading.Event()
+
+    def lost(*args):
+        read.wait(timeout=60)  # until the request has read its tokens out of the slot's state
+        raise torch.AcceleratorError("CUDA error: an error no list names (injected)")
+
+    monkeypatch.setattr(steps_module, "CudaGraphStep", lost)
+    monkeypatch.setattr(faults, "device_answers", lambda device: device != "cpu")
+    assert tokens(graphed, 1, request(1)).shape[-1] == 50  # eagerly; the capture comes once it has left
+    read.set()
+    with pytest.raises(DeviceFailed, match="an error no list names"):  # the loop stopped, with the reason
+        graphed.loop.call(lambda: None).result(timeout=60)
+    assert not graphed.health.ok and not graphed.loop.alive
 
 
 def test_a_capture_that_fails_after_others_succeeded_leaves_their_graphs_unreplayed(

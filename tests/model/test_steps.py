@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import textwrap
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -90,6 +91,34 @@ def test_logits_that_are_not_finite_fail_the_request_with_the_reason_and_the_nex
     assert all(isinstance(f, RuntimeError) and "NaN or infinite logits" in str(f) for f in failed)
     monkeypatch.setattr(decoder, "_forward", forward)
     assert tokens(graphed, 3, request(1)).shape[-1] == 50
+
+
+def test_logits_not_finite_in_one_slot_fail_its_request_alone_and_the_other_in_the_same_steps_succeeds(
+    graphed, monkeypatch
+):
+    """Each slot is judged by its own logits: the two requests are admitted in the same round (so
+    they share every step), and only the one whose rows turn NaN fails."""
+    loop, decoder = graphed.loop, graphed.loop.decoder
+    admit, forward = loop._admit, decoder._forward
+
+    def both_at_once():
+        if len(loop._waiting) + len(loop._active) < 2:
+            time.sleep(0.01)  # the loop comes round again: the other request is on its way
+            return
+        admit()
+
+    def poisoned(*args):
+        logits = forward(*args).clone()
+        for window in loop._active:
+            if window.sampling.top_p == 0.9:
+                logits[2 * window.slot : 2 * window.slot + 2] = float("nan")
+        return logits
+
+    monkeypatch.setattr(loop, "_admit", both_at_once)
+    monkeypatch.setattr(decoder, "_forward", poisoned)
+    failed, decoded = together(graphed, [(1, request(1, top_p=0.9)), (2, request(1))])
+    assert isinstance(failed, RuntimeError) and "NaN or infinite logits" in str(failed)
+    assert isinstance(decoded, torch.Tensor) and decoded.shape[-1] == 50
 
 
 def test_the_step_code_calls_nothing_that_copies_to_the_host():
@@ -233,10 +262,11 @@ def test_a_slot_its_request_left_stays_at_position_zero_while_another_decodes(ti
     assert all(busy == (0,) and positions[2:] == [0, 0] for positions, busy in after)
 
 
-def test_the_slot_state_is_made_on_the_device_given_and_narrowed_to_views_of_one_slot():
+@pytest.mark.parametrize("slot", [0, 1, 2])
+def test_the_slot_state_is_made_on_the_device_given_and_narrowed_to_views_of_one_slot(slot):
     """Every tensor of an empty state (3 slots, 4 codebooks, sequences of 10) is zeros on the device
-    given, whatever torch's default device; `narrow(1)` gives views of slot 1's two rows and its
-    values, its sampling rule included: writing through them writes slot 1 and nothing else."""
+    given, whatever torch's default device; `narrow(slot)` gives views of that slot's two rows and
+    its values, its sampling rule included: writing through them writes that slot and nothing else."""
     with torch.device("meta"):  # as a GPU's state is made while torch's default device is the CPU
         state = SlotState.empty(3, 4, 10, torch.device("cpu"))
     tensors = state.tensors()
@@ -255,12 +285,11 @@ def test_the_slot_state_is_made_on_the_device_given_and_narrowed_to_views_of_one
         ((3,), torch.float32, "cpu"),  # cfg_coef
     ]
     assert not any(t.any() for t in tensors)
-    for view in state.narrow(1).tensors():
+    for view in state.narrow(slot).tensors():
         view.fill_(1)
     written = [t.reshape(t.shape[0], -1).bool().any(dim=1).tolist() for t in tensors]
-    assert written == [
-        [False, False, True, True, False, False] if t.shape[0] == 6 else [False, True, False] for t in tensors
-    ]
+    rows, slots = [row // 2 == slot for row in range(6)], [other == slot for other in range(3)]
+    assert written == [rows if t.shape[0] == 6 else slots for t in tensors]
 
 
 def test_the_batched_step_makes_everything_it_needs_on_the_models_device(tiny_weights):
