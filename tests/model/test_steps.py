@@ -19,12 +19,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.memory_table import POSITIONS
 from musicgen_cog.model import decoding_path, fast_decode, sampling, steps
 from musicgen_cog.model.decoding_path import BATCHED, batched_start
 from musicgen_cog.model.fast_decode import KV_BUCKET
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.steps import BatchedSteps, SlotState
 from musicgen_cog.model.warm_up import warm_up
+from musicgen_cog.model.window import Window
 from tests.helpers import decoding_steps
 from tests.model.conftest import GRAPHS, RecordingStreams, ReplayedStep
 from tests.model.test_decoding_loop import after_idle, request, together, tokens, wait_until
@@ -573,3 +575,16 @@ def test_a_graph_warms_up_twice_then_captures_a_third_run_on_the_stream_given_in
     capture = ("capture", Graph, pool, stream, "thread_local")
     assert asked == [("on stream", stream), "run 0", "run 1", capture, "run 2", "captured", "off stream"]
     assert graph.replay().item() == 2 and asked[-1] == "replay"
+
+
+def test_the_slot_state_holds_the_longest_windows_pattern_and_the_cache_its_prefix_too(tiny_weights):
+    """A window of the model's longest duration, laid out in audiocraft's delay pattern, fits the
+    slot state's sequences; the cache holds the longest prefix (512 text tokens and a window's chroma:
+    the tiny model is a melody model, of the real one's duration and codebooks) and that window."""
+    model = load_model(tiny_weights, device="cpu", slots=1)
+    musicgen, lm = model.musicgen, model.musicgen.lm
+    frames = int(musicgen.max_duration * musicgen.frame_rate)
+    empty = torch.zeros(1, lm.num_codebooks, 0, dtype=torch.long)
+    longest = Window.laid_out(lm, empty, frames, {}, sampling.Sampling(250, 0.0, 1.0, 3.0), generator=None)
+    assert steps.window_steps(musicgen) == longest.sequence.shape[-1] + 1  # and a step past its last
+    assert steps.cache_positions(musicgen) == POSITIONS  # the figure docs/memory-and-faults.md's table uses
