@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -153,18 +154,27 @@ class CogServer(CogClient):
         self.log.close()
 
 
+HELD_SECONDS = 600
+
+
 class Receiver(LoopbackServer):
     """A loopback HTTP server recording what is POSTed (webhooks) or PUT (uploads) to it."""
 
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, held: bool = False):
+        """`held`: a receiver that hangs: each request waits unanswered until `answering` is set
+        (or HELD_SECONDS, longer than any request of the tests waits)."""
         self.received: list[tuple[str, str, bytes]] = []
-        self.delay = delay
+        self.arrived: list[str] = []  # paths, as each request comes in
+        self.answering = threading.Event()
+        if not held:
+            self.answering.set()
         receiver = self
 
         class Handler(Quiet, http.server.BaseHTTPRequestHandler):
             def _record(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                time.sleep(receiver.delay)
+                receiver.arrived.append(self.path)
+                receiver.answering.wait(timeout=HELD_SECONDS)
                 receiver.received.append((self.command, self.path, body))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
