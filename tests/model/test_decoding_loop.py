@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from musicgen_cog.audio.decoding import Audio
+from musicgen_cog.model import faults
 from musicgen_cog.model.decoding_loop import GenerationCancelled
 from musicgen_cog.model.decoding_path import BATCHED
 from musicgen_cog.model.generation import GenerationRequest, generate_tokens
@@ -329,19 +330,22 @@ def test_a_loop_is_waited_on_only_while_windows_are_in_it_or_handed_in(model):
     assert loop.stalled_for() == 0.0
 
 
-def test_a_sticky_error_in_a_call_fails_its_caller_and_the_devices_health(tiny_weights):
-    """The call's caller gets the error; health fails with it, and the loop stops."""
+@pytest.mark.parametrize(
+    "error", ["an illegal memory access was encountered", "an error no list names"], ids=["by-its-text", "by-asking"]
+)
+def test_a_sticky_error_in_a_call_fails_its_caller_and_the_devices_health(tiny_weights, monkeypatch, error):
+    """The call's caller gets the error; health fails with it, and the loop stops. Sticky by its
+    text, or, where the text says nothing, because the device (stood in) no longer runs a kernel."""
     loaded = load_model(tiny_weights, device="cpu", slots=2)
     assert loaded.loop is not None
+    monkeypatch.setattr(faults, "device_answers", lambda device: device != "cpu")
 
-    def illegal_access():
-        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    def lost():
+        raise torch.AcceleratorError(f"CUDA error: {error}")
 
-    with pytest.raises(torch.AcceleratorError, match="illegal memory access"):
-        loaded.loop.call(illegal_access).result(timeout=60)
-    assert not loaded.health.ok and "AcceleratorError: CUDA error: an illegal memory access" in str(
-        loaded.health.error()
-    )
+    with pytest.raises(torch.AcceleratorError, match=error):
+        loaded.loop.call(lost).result(timeout=60)
+    assert not loaded.health.ok and f"AcceleratorError: CUDA error: {error}" in str(loaded.health.error())
     wait_until(lambda: not loaded.loop.alive)
 
 
