@@ -349,6 +349,47 @@ def test_a_sticky_error_in_a_call_fails_its_caller_and_the_devices_health(tiny_w
     wait_until(lambda: not loaded.loop.alive)
 
 
+def test_a_fault_of_the_loops_own_fails_the_requests_it_held_with_it_and_the_loop_goes_on(model, monkeypatch, logs):
+    """Not a step's failure nor a sticky one: the windows in the loop fail with the error itself,
+    the log says the loop failed (with its traceback), and the next request decodes."""
+    loop, drop = model.loop, model.loop._drop_cancelled
+    faulted = []
+
+    def fault_once():
+        if loop._active and not faulted:
+            faulted.append(1)
+            raise RuntimeError("a fault of the loop's own (injected)")
+        drop()
+
+    monkeypatch.setattr(loop, "_drop_cancelled", fault_once)
+    with pytest.raises(RuntimeError, match=r"^a fault of the loop's own \(injected\)$"):
+        tokens(model, 20, request(1))
+    failures = [r for r in logs.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in failures] == ["the decoding loop failed"] and failures[0].exc_info
+    assert tokens(model, 20, request(1)).shape[-1] == 50
+
+
+def test_a_sticky_error_met_by_another_stage_stops_the_idle_loop_which_frees_its_cache(tiny_weights):
+    """The loop sees the device's failure when it next goes round (here after a call it was busy
+    with), fails what it holds, stops, and gives back its cache's memory."""
+    loaded = load_model(tiny_weights, device="cpu", slots=2)
+    assert loaded.loop is not None and tokens(loaded, 21, request(1)).shape[-1] == 50
+    busy, release = threading.Event(), threading.Event()
+    held = loaded.loop.call(lambda: busy.set() or release.wait(timeout=60))
+    assert busy.wait(timeout=60)
+    loaded.health.failed(torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
+    release.set()
+    assert held.result(timeout=60)
+    wait_until(lambda: not loaded.loop.alive)
+    assert loaded.loop.decoder.caches == []
+
+
+def test_a_loop_never_closed_does_not_keep_the_process_from_exiting(model):
+    """Setup can fail after the loop started (the proof, the health check): the interpreter must
+    still exit, so the loop's thread is a daemon."""
+    assert model.loop._thread.daemon is True
+
+
 def test_the_loop_hands_each_window_over_through_the_streams_it_was_given(tiny_weights):
     """On a GPU the loop's stream waits for the event the request recorded after writing its window,
     and records one after writing its result (here the streams record their calls)."""
