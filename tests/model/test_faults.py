@@ -5,11 +5,12 @@ health also fails for a loop that is stuck or gone."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from musicgen_cog.model import faults, loading, randomness
+from musicgen_cog.model import decoding_loop, faults, loading, randomness
 from musicgen_cog.model.decoding_path import BATCHED, LADDER
 from musicgen_cog.model.faults import DeviceFailed, OutOfMemory
 from musicgen_cog.model.generation import GenerationRequest, generate
@@ -345,6 +346,8 @@ def test_a_capture_waits_while_mbd_draws_from_the_default_generators(graphed, re
 
 
 def test_a_window_whose_result_runs_out_of_memory_fails_alone(model, monkeypatch, admit_together):
+    """The message names the device, and what it held goes back to it: here a GPU, stood in (the
+    loop's device said to be CUDA, the allocator's release recorded)."""
     steps = model.loop.steps
     result = steps.result
     marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
@@ -354,11 +357,36 @@ def test_a_window_whose_result_runs_out_of_memory_fails_alone(model, monkeypatch
             raise oom()
         return result(window)
 
+    released: list[str] = []
     monkeypatch.setattr(steps, "result", short_of_memory)
+    monkeypatch.setattr(model.loop, "_device", "cuda")
+    monkeypatch.setattr(decoding_loop, "release_cached_memory", released.append)
     admit_together(2)
     failed, succeeded = together(model, [(1, request(1, top_k=7)), (2, request(1))])
-    assert isinstance(failed, OutOfMemory) and "while handing back its tokens" in str(failed)
+    assert isinstance(failed, OutOfMemory) and str(failed) == (
+        "the GPU ran out of memory while handing back its tokens; try a shorter duration, or fewer requests at once"
+    )
     assert isinstance(succeeded, torch.Tensor) and succeeded.shape[-1] == 50
+    assert "cuda" in released and set(released) == {"cuda"}
+
+
+def test_a_call_made_while_a_closing_loop_frees_its_cache_is_refused_not_left_unanswered(tiny_weights, monkeypatch):
+    """The loop refuses what comes from its last sweep on, before it frees the cache (held here by
+    the test), not only once its thread has ended."""
+    loaded = load_model(tiny_weights, device="cpu", slots=2)
+    loop = loaded.loop
+    assert loop is not None
+    freeing, release, free = threading.Event(), threading.Event(), loop.steps.release
+    monkeypatch.setattr(loop.steps, "release", lambda: freeing.set() or release.wait(timeout=60) or free())
+    closing = threading.Thread(target=loop.close)
+    closing.start()
+    try:
+        assert freeing.wait(timeout=60) and loop.alive
+        with pytest.raises(RuntimeError, match=r"^the decoding loop is closed$"):
+            loop.call(lambda: None)
+    finally:
+        release.set()
+        closing.join(timeout=60)
 
 
 def test_a_closed_loop_answers_every_call_and_window_it_still_held(model):
@@ -368,9 +396,13 @@ def test_a_closed_loop_answers_every_call_and_window_it_still_held(model):
     blocked = loop.call(blocking)
     assert started.wait(timeout=60)
     waiting = loop.call(lambda: None, when_idle=True)
-    loop._incoming.put(None)  # close, while the first call still runs
-    gate.set()
-    blocked.result(timeout=60)
-    with pytest.raises(RuntimeError, match="the decoding loop was closed"):
-        waiting.result(timeout=60)
+    with ThreadPoolExecutor(1) as pool:
+        window = pool.submit(tokens, model, 30, request(1))
+        wait_until(lambda: loop._incoming.qsize() == 2)  # the call and the window, handed in
+        loop._incoming.put(None)  # close, while the first call still runs
+        gate.set()
+        blocked.result(timeout=60)
+        for answer in (waiting, window):
+            with pytest.raises(RuntimeError, match=r"^the decoding loop was closed$"):
+                answer.result(timeout=60)
     assert not loop.alive or loop._thread.join(timeout=60) is None
