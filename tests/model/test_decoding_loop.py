@@ -280,7 +280,7 @@ def test_a_request_that_fails_fails_alone(model):
     assert torch.equal(succeeded, alone)
 
 
-def test_a_failed_shared_step_fails_the_requests_in_it_and_the_loop_goes_on(model, monkeypatch, admit_together):
+def test_a_failed_shared_step_fails_the_requests_in_it_and_the_loop_goes_on(model, monkeypatch, admit_together, logs):
     batched = isinstance(model.loop.steps, BatchedSteps)
     shared = model.loop.steps if batched else model.loop.decoder
     name = "_decode_step" if batched else "step_slot"
@@ -296,6 +296,8 @@ def test_a_failed_shared_step_fails_the_requests_in_it_and_the_loop_goes_on(mode
     admit_together(2)  # both in the first step, the one that fails
     outcome = together(model, [(11, request(1)), (12, request(1))])
     assert all(isinstance(o, RuntimeError) and "illegal memory access" in str(o) for o in outcome)
+    errors = [r for r in logs.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["a decoding step failed"] and errors[0].exc_info
     assert tokens(model, 13, request(1)).shape[-1] == 50
 
 

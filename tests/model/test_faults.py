@@ -144,14 +144,18 @@ def test_a_capture_that_runs_out_of_memory_saving_the_slots_state_is_tried_again
     ]
 
 
-def test_a_sticky_device_error_stops_the_loop_fails_every_request_and_health(model, monkeypatch, admit_together):
+@pytest.mark.parametrize(
+    "error", [ILLEGAL_ADDRESS, "CUDA error: an error no list names"], ids=["by-its-text", "by-asking"]
+)
+def test_a_sticky_device_error_stops_the_loop_fails_every_request_and_health(model, monkeypatch, admit_together, error):
+    """Sticky by its text, or, where the text says nothing, because the device (stood in) no longer
+    runs a kernel when asked."""
     steps = model.loop.steps
-    monkeypatch.setattr(
-        steps, "step", failing(steps.step, times=1, error=lambda: torch.AcceleratorError(ILLEGAL_ADDRESS))
-    )
+    monkeypatch.setattr(steps, "step", failing(steps.step, times=1, error=lambda: torch.AcceleratorError(error)))
+    monkeypatch.setattr(faults, "device_answers", lambda device: device != "cpu")
     admit_together(2)
     outcome = together(model, [(1, request(3)), (2, request(1))])
-    assert all(isinstance(o, DeviceFailed) and ILLEGAL_ADDRESS in str(o) for o in outcome)
+    assert all(isinstance(o, DeviceFailed) and error in str(o) for o in outcome)
     wait_until(lambda: not model.loop.alive)
     assert not model.health.ok and not model.healthy()
     with pytest.raises(DeviceFailed, match="the server reports itself unhealthy and must be restarted"):

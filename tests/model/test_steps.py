@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.memory_table import POSITIONS
-from musicgen_cog.model import decoding_path, fast_decode, sampling, steps
+from musicgen_cog.model import decoding_path, fast_decode, faults, sampling, steps
 from musicgen_cog.model.decoding_path import BATCHED, batched_start
 from musicgen_cog.model.fast_decode import KV_BUCKET
 from musicgen_cog.model.loading import load_model, start_decoding_loop
@@ -434,8 +434,9 @@ def test_per_slot_steps_draw_from_the_requests_own_generator(tiny_weights):
     assert torch.equal(tokens(model, 5, request(1, top_p=0.9)), first)
 
 
-def test_a_per_slot_window_whose_sampling_fails_mid_way_fails_alone_with_its_error(tiny_weights, monkeypatch):
-    """Sampling runs slot by slot: a window whose draw fails leaves with that error, the other decodes on."""
+def test_a_per_slot_window_whose_sampling_fails_mid_way_fails_alone_with_its_error(tiny_weights, monkeypatch, logs):
+    """Sampling runs slot by slot: a window whose draw fails leaves with that error, logged with its
+    traceback; the other decodes on."""
     model = load_model(tiny_weights, device="cpu", slots=2)
     alone = tokens(model, 2, request(1))
     sample, drawn = steps.sample, []
@@ -451,6 +452,30 @@ def test_a_per_slot_window_whose_sampling_fails_mid_way_fails_alone_with_its_err
     failed, succeeded = together(model, [(1, request(1, top_p=0.5)), (2, request(1))])
     assert isinstance(failed, RuntimeError) and str(failed) == "a draw that failed"
     assert torch.equal(succeeded, alone)
+    errors = [r for r in logs.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["a request failed while sampling"]
+    assert errors[0].exc_info and errors[0].exc_info[1] is failed
+
+
+def test_a_per_slot_window_whose_sampling_meets_a_sticky_error_stops_the_loop_and_fails_health(
+    tiny_weights, monkeypatch
+):
+    """Not the window's own failure: the device's (its text says nothing, and the device, stood in,
+    no longer runs a kernel when asked), so every request fails and health with it."""
+    model = load_model(tiny_weights, device="cpu", slots=2)
+    sample = steps.sample
+
+    def lost(logits, sampling, generator):
+        if sampling.top_p == 0.5:
+            raise torch.AcceleratorError("CUDA error: an error no list names (injected)")
+        return sample(logits, sampling, generator)
+
+    monkeypatch.setattr(steps, "sample", lost)
+    monkeypatch.setattr(faults, "device_answers", lambda device: device != "cpu")
+    with pytest.raises(faults.DeviceFailed, match="an error no list names"):
+        tokens(model, 1, request(1, top_p=0.5))
+    assert not model.health.ok
+    wait_until(lambda: not model.loop.alive)
 
 
 def test_the_compile_setting_is_checked_on_every_machine(tiny_weights, monkeypatch):
