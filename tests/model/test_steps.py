@@ -434,9 +434,22 @@ def test_per_slot_steps_draw_from_the_requests_own_generator(tiny_weights):
     assert torch.equal(tokens(model, 5, request(1, top_p=0.9)), first)
 
 
-def test_a_per_slot_window_whose_sampling_fails_mid_way_fails_alone_with_its_error(tiny_weights, monkeypatch, logs):
-    """Sampling runs slot by slot: a window whose draw fails leaves with that error, logged with its
-    traceback; the other decodes on."""
+SHORT_WHILE_SAMPLING = "the CPU ran out of memory while sampling; try a shorter duration, or fewer requests at once"
+
+
+@pytest.mark.parametrize(
+    "error, kind, expected",
+    [
+        (RuntimeError("a draw that failed"), RuntimeError, "a draw that failed"),
+        (torch.OutOfMemoryError(), faults.OutOfMemory, SHORT_WHILE_SAMPLING),
+    ],
+    ids=["its-own", "out-of-memory"],
+)
+def test_a_per_slot_window_whose_sampling_fails_mid_way_fails_alone_with_its_error(
+    tiny_weights, monkeypatch, logs, error, kind, expected
+):
+    """Sampling runs slot by slot: a window whose draw fails leaves with that error (out of memory
+    said as such), logged with its traceback; the other decodes on."""
     model = load_model(tiny_weights, device="cpu", slots=2)
     alone = tokens(model, 2, request(1))
     sample, drawn = steps.sample, []
@@ -445,16 +458,16 @@ def test_a_per_slot_window_whose_sampling_fails_mid_way_fails_alone_with_its_err
         if sampling.top_p == 0.5:
             drawn.append(1)
             if len(drawn) == 10:
-                raise RuntimeError("a draw that failed")
+                raise error
         return sample(logits, sampling, generator)
 
     monkeypatch.setattr(steps, "sample", failing)
     failed, succeeded = together(model, [(1, request(1, top_p=0.5)), (2, request(1))])
-    assert isinstance(failed, RuntimeError) and str(failed) == "a draw that failed"
+    assert isinstance(failed, kind) and str(failed) == expected
     assert torch.equal(succeeded, alone)
     errors = [r for r in logs.records if r.levelname == "ERROR"]
     assert [r.getMessage() for r in errors] == ["a request failed while sampling"]
-    assert errors[0].exc_info and errors[0].exc_info[1] is failed
+    assert errors[0].exc_info and errors[0].exc_info[1] is error
 
 
 def test_a_per_slot_window_whose_sampling_meets_a_sticky_error_stops_the_loop_and_fails_health(
