@@ -355,7 +355,7 @@ def test_a_fault_of_the_loops_own_fails_the_requests_it_held_with_it_and_the_loo
     """Not a step's failure nor a sticky one: the windows in the loop fail with the error itself,
     the log says the loop failed (with its traceback), and the next request decodes."""
     loop, drop = model.loop, model.loop._drop_cancelled
-    faulted = []
+    faulted: list[int] = []
 
     def fault_once():
         if loop._active and not faulted:
@@ -377,7 +377,12 @@ def test_a_sticky_error_met_by_another_stage_stops_the_idle_loop_which_frees_its
     loaded = load_model(tiny_weights, device="cpu", slots=2)
     assert loaded.loop is not None and tokens(loaded, 21, request(1)).shape[-1] == 50
     busy, release = threading.Event(), threading.Event()
-    held = loaded.loop.call(lambda: busy.set() or release.wait(timeout=60))
+
+    def busy_until_released() -> bool:
+        busy.set()
+        return release.wait(timeout=60)
+
+    held = loaded.loop.call(busy_until_released)
     assert busy.wait(timeout=60)
     loaded.health.failed(torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
     release.set()

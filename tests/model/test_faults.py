@@ -17,6 +17,7 @@ from musicgen_cog.model.generation import GenerationRequest, generate
 from musicgen_cog.model.loading import load_model, start_decoding_loop
 from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
+from musicgen_cog.model.steps import BatchedSteps
 from musicgen_cog.model.warm_up import warm_up
 from tests.model.test_decoding_loop import after_idle, request, together, tokens, wait_until
 
@@ -318,7 +319,13 @@ def test_a_capture_that_fails_after_others_succeeded_leaves_their_graphs_unrepla
     monkeypatch.setattr(ReplayedStep, "loop", model.loop)
     warm_up(model)
     batched, replays, replay = model.loop.steps, [], ReplayedStep.replay
-    monkeypatch.setattr(ReplayedStep, "replay", lambda self: replays.append(self) or replay(self))
+    assert isinstance(batched, BatchedSteps)
+
+    def counted(self):
+        replays.append(self)
+        return replay(self)
+
+    monkeypatch.setattr(ReplayedStep, "replay", counted)
     expected = tokens(model, 1, request(1))
     assert len(batched.graphs) > 1 and replays  # stepped from its graphs
 
@@ -381,7 +388,13 @@ def test_a_call_made_while_a_closing_loop_frees_its_cache_is_refused_not_left_un
     loop = loaded.loop
     assert loop is not None
     freeing, release, free = threading.Event(), threading.Event(), loop.steps.release
-    monkeypatch.setattr(loop.steps, "release", lambda: freeing.set() or release.wait(timeout=60) or free())
+
+    def held_while_freeing() -> None:
+        freeing.set()
+        release.wait(timeout=60)
+        free()
+
+    monkeypatch.setattr(loop.steps, "release", held_while_freeing)
     closing = threading.Thread(target=loop.close)
     closing.start()
     try:

@@ -1,6 +1,7 @@
 """Sampling from a request's own generator draws exactly what audiocraft draws from the global one."""
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from audiocraft.utils import utils
 
 from musicgen_cog.model.sampling import RowSampling, Sampling, guided, guided_rows, sample, sample_rows
 
-RULES = {
+Rule = tuple[Sampling, Callable[[torch.Tensor], torch.Tensor]]  # ours, and audiocraft's draw
+RULES: dict[str, Rule] = {
     "top_k": (Sampling(top_k=50, top_p=0.0, temperature=0.7, cfg_coef=3.0), lambda p: utils.sample_top_k(p, k=50)),
     "top_p": (Sampling(top_k=250, top_p=0.8, temperature=1.2, cfg_coef=3.0), lambda p: utils.sample_top_p(p, p=0.8)),
     "plain": (Sampling(top_k=0, top_p=0.0, temperature=1.0, cfg_coef=3.0), lambda p: utils.multinomial(p, 1)),
@@ -16,16 +18,19 @@ RULES = {
 
 
 # the top-k cut at its narrowest: one token (argmax), and two (the second one kept)
-TOP_K_EDGES = {
+TOP_K_EDGES: dict[str, Rule] = {
     "top_k 1": (Sampling(top_k=1, top_p=0.0, temperature=0.9, cfg_coef=3.0), lambda p: utils.sample_top_k(p, k=1)),
     "top_k 2": (Sampling(top_k=2, top_p=0.0, temperature=1.1, cfg_coef=3.0), lambda p: utils.sample_top_k(p, k=2)),
 }
 
 
-@pytest.mark.parametrize("rule", {**RULES, **TOP_K_EDGES})
+EVERY_RULE: dict[str, Rule] = RULES | TOP_K_EDGES
+
+
+@pytest.mark.parametrize("rule", EVERY_RULE)
 def test_each_rule_draws_what_audiocraft_draws_after_manual_seed(rule):
     """64 requests' worth of draws over 4 codebooks, each the token audiocraft draws."""
-    sampling, audiocrafts = {**RULES, **TOP_K_EDGES}[rule]
+    sampling, audiocrafts = EVERY_RULE[rule]
     logits = torch.randn(64, 4, 2048)
     torch.manual_seed(11)
     reference = audiocrafts(torch.softmax(logits / sampling.temperature, dim=-1))

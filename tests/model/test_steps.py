@@ -487,8 +487,9 @@ def test_a_per_slot_window_whose_sampling_meets_a_sticky_error_stops_the_loop_an
     monkeypatch.setattr(faults, "device_answers", lambda device: device != "cpu")
     with pytest.raises(faults.DeviceFailed, match="an error no list names"):
         tokens(model, 1, request(1, top_p=0.5))
-    assert not model.health.ok
-    wait_until(lambda: not model.loop.alive)
+    assert not model.health.ok and model.loop is not None
+    loop = model.loop
+    wait_until(lambda: not loop.alive)
 
 
 def test_the_compile_setting_is_checked_on_every_machine(tiny_weights, monkeypatch):
@@ -546,7 +547,9 @@ def test_a_step_that_cannot_be_compiled_runs_eagerly_with_one_warning(tiny_weigh
 
 
 @pytest.mark.parametrize("path", [decoding_path.PER_SLOT, BATCHED], ids=["per-slot", "batched"])
-def test_the_guided_logits_read_by_the_proof_are_those_each_slots_last_token_was_drawn_from(tiny_weights, path):
+def test_the_guided_logits_read_by_the_proof_are_those_each_slots_last_token_was_drawn_from(
+    tiny_weights, monkeypatch, path
+):
     """At temperature 0 every token is the argmax of the guided logits its slot exposes after the
     step (two requests in slots 0 and 1); before any step there are none."""
     model = load_model(tiny_weights, device="cpu", slots=2)
@@ -556,19 +559,21 @@ def test_the_guided_logits_read_by_the_proof_are_those_each_slots_last_token_was
     if isinstance(served, BatchedSteps):
         with pytest.raises(AssertionError, match=r"^no step has run$"):
             served.guided_logits(0)
-    drawn, step = [], served.step
+    drawn: list[tuple[Any, int, torch.Tensor]] = []
+    step = served.step
 
     def recording(windows):
         failed = step(windows)  # the token is written at the window's offset, which then advances
         drawn.extend((w, w.offset - 1, served.guided_logits(w.slot).argmax(-1)) for w in windows)
         return failed
 
-    served.step = recording
+    monkeypatch.setattr(served, "step", recording)
     together(model, [(1, request(1, temperature=0.0)), (2, request(1, temperature=0.0))])
     assert {w.slot for w, _, _ in drawn} == {0, 1}
     for window, offset, argmax in drawn:
         valid = window.mask[:, offset]  # codebooks the delay pattern fills at this offset
         if isinstance(served, BatchedSteps):  # written in the slot's state on the device
+            assert served.state is not None
             written = served.state.sequences[window.slot, :, offset]
         else:
             written = window.sequence[0, :, offset]
