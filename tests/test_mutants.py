@@ -16,5 +16,10 @@ def test_a_survivor_is_explained_only_by_its_own_name_in_its_own_modules_section
     assert unexplained("attention", survivors[:1]) == survivors[:1]  # another module's reason is no reason
 
 
+def test_a_survivor_the_page_lists_as_left_not_equivalent_is_not_explained():
+    left = "musicgen_cog.model.decoding_loop.xǁDecodingLoopǁ_step__mutmut_17: survived"
+    assert unexplained("decoding_loop", [left]) == [left]
+
+
 def test_a_timeout_was_caught_and_needs_no_reason():
     assert unexplained("sampling", [SAMPLING + "x_guided__mutmut_6: timeout"]) == []

@@ -182,9 +182,20 @@ def test_sdpa_under_a_mask_runs_where_the_query_is_in_its_precision_whatever_the
     expected = masked_sdpa(query, keys, values, lengths, 2 * CHUNK)
     with torch.device("meta"):
         assert torch.equal(masked_sdpa(query, keys, values, lengths, 2 * CHUNK), expected)
-    halves = masked_sdpa(query.bfloat16(), keys, values, lengths, 2 * CHUNK)
+    given = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recorded(query, keys, values, attn_mask):
+        given.append((keys.dtype, values.dtype, attn_mask.dtype, attn_mask.device))
+        return sdpa(query, keys, values, attn_mask=attn_mask)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "scaled_dot_product_attention", recorded)
+        halves = masked_sdpa(query.bfloat16(), keys, values, lengths, 2 * CHUNK)
     assert halves.dtype == torch.bfloat16
     torch.testing.assert_close(halves.float(), expected, rtol=2e-2, atol=2e-2)
+    # a GPU's SDPA kernels reject a mask in another precision than the query's, or misread it
+    assert given == [(torch.bfloat16, torch.bfloat16, torch.bfloat16, query.device)]
 
 
 COMPILE_FOR_A_GPU = """

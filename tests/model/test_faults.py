@@ -135,11 +135,11 @@ def test_a_capture_that_runs_out_of_memory_saving_the_slots_state_is_tried_again
 
     monkeypatch.setattr(SlotState, "tensors", saved_short_of_memory)
     assert tokens(graphed, 1, request(1)).shape[-1] == 50
-    after_idle(graphed)  # the capture tried once the request had left ran short
+    for _ in range(2):  # the capture tried once the request had left ran short; the next try succeeds
+        after_idle(graphed)
     batched = graphed.loop.steps
-    assert not short and batched.graphs_enabled and batched.pending and not batched.graphs
-    after_idle(graphed)  # tried again
-    assert list(batched.graphs) == [graphed.loop.decoder.cache_length()] and not batched.pending
+    assert not short and batched.graphs_enabled and not batched.pending
+    assert list(batched.graphs) == [graphed.loop.decoder.cache_length()]
     assert [r.getMessage() for r in logs.records if r.levelname in ("WARNING", "ERROR")] == [
         "CUDA graph capture ran out of memory; decoding eagerly, capturing later"
     ]
