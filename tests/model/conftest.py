@@ -78,6 +78,23 @@ def graphed(tiny_weights, replayed, monkeypatch):
     return model
 
 
+def record_submissions(loop: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], threading.Condition]:
+    """The windows handed to `loop`, in order as they come (its `submit` wrapped), and a condition
+    notified at each: a test holds a step until a request has come."""
+    queued: list[Any] = []
+    changed, submit = threading.Condition(), loop.submit
+
+    def counted_submit(window):
+        done = submit(window)
+        with changed:
+            queued.append(window)
+            changed.notify_all()
+        return done
+
+    monkeypatch.setattr(loop, "submit", counted_submit)
+    return queued, changed
+
+
 @pytest.fixture
 def admit_together(model, monkeypatch):
     """Arm with `n`: the loop admits nothing until `n` more windows are queued, then all it can."""

@@ -22,7 +22,7 @@ from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
 from musicgen_cog.model.steps import BatchedSteps
 from tests.helpers import tone
-from tests.model.conftest import RecordingStreams
+from tests.model.conftest import RecordingStreams, record_submissions
 
 SLOTS = 3
 CLIP = Audio(torch.from_numpy(tone(3.0, 32000, 1)).T.contiguous(), 32000)
@@ -243,15 +243,9 @@ def test_company_far_along_the_cache_does_not_change_a_requests_tokens(model, mo
     first step past two buckets waits for the short one, which then decodes beside it throughout."""
     short, long = (15, request(3)), (16, request(14))
     alone = tokens(model, *short)
-    loop, queued, seen, changed = model.loop, [], [], threading.Condition()
-    submit, step = loop.submit, loop._step
-
-    def counted_submit(window):
-        done = submit(window)
-        with changed:
-            queued.append(window)
-            changed.notify_all()
-        return done
+    loop, seen = model.loop, []
+    step = loop._step
+    queued, changed = record_submissions(loop, monkeypatch)
 
     def held_step():
         if len(queued) == 1 and queued[0].position > 2 * 256:
@@ -260,7 +254,6 @@ def test_company_far_along_the_cache_does_not_change_a_requests_tokens(model, mo
         seen.append({queued.index(w): w.position for w in loop._active})  # 0: the long one, 1: the short
         step()
 
-    monkeypatch.setattr(loop, "submit", counted_submit)
     monkeypatch.setattr(loop, "_step", held_step)
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(tokens, model, *long)

@@ -10,7 +10,6 @@ import ast
 import contextlib
 import inspect
 import textwrap
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +27,7 @@ from musicgen_cog.model.steps import BatchedSteps, SlotState
 from musicgen_cog.model.warm_up import warm_up
 from musicgen_cog.model.window import Window
 from tests.helpers import decoding_steps
-from tests.model.conftest import GRAPHS, RecordingStreams, ReplayedStep
+from tests.model.conftest import GRAPHS, RecordingStreams, ReplayedStep, record_submissions
 from tests.model.test_decoding_loop import after_idle, request, together, tokens, wait_until
 
 
@@ -228,17 +227,9 @@ def test_a_slot_its_request_left_stays_at_position_zero_while_another_decodes(ti
     start_decoding_loop(model, 2, BATCHED)
     loop = model.loop
     assert loop is not None
-    submit, step, forward = loop.submit, loop.steps.step, loop.decoder._forward
-    queued: list[Any] = []
+    step, forward = loop.steps.step, loop.decoder._forward
     seen: list[tuple[list[int], Any]] = []
-    changed = threading.Condition()
-
-    def counted_submit(window):
-        done = submit(window)
-        with changed:
-            queued.append(window)
-            changed.notify_all()
-        return done
+    queued, changed = record_submissions(loop, monkeypatch)
 
     def held_step(windows):
         if len(seen) == 20:  # the long request's 21st step waits for the short one: it joins, then leaves
@@ -250,7 +241,6 @@ def test_a_slot_its_request_left_stays_at_position_zero_while_another_decodes(ti
         seen.append((positions.tolist(), busy))
         return forward(sequence, caches, positions, span, busy)
 
-    monkeypatch.setattr(loop, "submit", counted_submit)
     monkeypatch.setattr(loop.steps, "step", held_step)
     monkeypatch.setattr(loop.decoder, "_forward", recorded)
     with ThreadPoolExecutor(1) as pool:
