@@ -327,6 +327,37 @@ def test_coglets_worker_ends_when_coglets_process_is_killed(state, tiny_weights,
         server.kill()
 
 
+@pytest.mark.parametrize("state", ["ready", "busy"])
+def test_a_worker_that_ends_after_it_was_told_to_drain_still_stops_the_server(
+    state, tiny_weights, schema_file, tmp_path, hold, receiver
+):
+    """It was told, so coglet's process waits on it; one that ends without stopping coglet (killed, or
+    a failed setup's worker exiting just as the signal came) leaves coglet's process to stop itself."""
+    server = Command(
+        make("serve", "PORT=0", f"WEIGHTS_DIR={tiny_weights}"), tmp_path / "out.log", environment(state, hold, tmp_path)
+    )
+    try:
+        reach("ready", server, hold)
+        (tini,) = psutil.Process(server.process.pid).children()
+        (coglet,) = tini.children()
+        (worker,) = coglet.children()
+        if state == "busy":
+            client = CogClient(f"http://127.0.0.1:{server.wait_for(LISTENING)[1]}")
+            client.start("in-flight", receiver, prompt="in-flight")
+            server.wait_for_file(hold / started("in-flight"))
+        worker.suspend()  # told while still alive, it acts on nothing before it is killed
+        send(server, signal.SIGTERM)
+        server.wait_for("the worker drains the predictions in flight")
+        server.tree.refresh()
+        worker.kill()
+        if state == "busy":  # coglet fails what its worker held
+            assert terminal(receiver, "in-flight")["status"] == "failed"
+        server.tree.wait_gone(STOP_BOUND)
+        assert "the worker ended before it stopped the server" in server.log.read_text()
+    finally:
+        server.kill()
+
+
 @pytest.mark.parametrize("killed", ["make", "make's group"])
 def test_make_serve_killed(killed, tiny_weights, schema_file, tmp_path, hold):
     """make alone: tini's parent-death signal. make and tini (a harness killing the group): coglet's

@@ -20,13 +20,16 @@ import requests
 
 from .coglet_control import catches, child_pids, request_shutdown
 from .shutdown import CUT, DRAIN
-from .signals import STOP_SIGNALS, on_parent_exit
+from .signals import STOP_SIGNALS, on_parent_exit, on_process_exit
 
 log = logging.getLogger(__name__)
 # One stop request passed on by several processes (make and tini, or a cgroup-wide kill plus tini's
 # forwarding) arrives more than once within milliseconds; a second SIGTERM or SIGHUP, one that cuts
 # the drain short, comes this much later at least. SIGINT always cuts.
 SAME_REQUEST_SECONDS = 1.0
+# A worker told to drain or cut stops coglet, which then ends it; one that ends first (killed, or a
+# failed setup's worker already exiting when told) leaves coglet's process to stop itself after this.
+WORKER_GONE_SECONDS = 5.0
 
 
 def block_stop_signals() -> None:
@@ -42,6 +45,7 @@ class StopRequests:
         self._lock = threading.Lock()
         self._first: float | None = None
         self._stopping = False
+        self._told: set[int] = set()  # the workers watched since they were told
 
     def take(self, signum: int, sender: int | None) -> None:
         """Act on `signum` from process `sender` (0: the kernel, a terminal's Ctrl-C or hangup; None:
@@ -68,12 +72,22 @@ class StopRequests:
                 self._tell(drainers, DRAIN, signum)
 
     def _tell(self, workers: list[int], request: int, signum: int) -> None:
-        """Send the workers `request` (DRAIN or CUT); one that has ended since leaves nothing to drain."""
+        """Send the workers `request` (DRAIN or CUT), and watch that each stops coglet before it ends;
+        one that has ended since leaves nothing to drain."""
         try:
             for pid in workers:
+                if pid not in self._told:
+                    self._told.add(pid)
+                    on_process_exit(pid, lambda: self._worker_ended(signum))
                 os.kill(pid, request)
         except ProcessLookupError:
             self._stop_now("the worker ended meanwhile", signum)
+
+    def _worker_ended(self, signum: int) -> None:
+        """A told worker has ended; coglet's process, had the worker stopped it, ends within moments."""
+        time.sleep(WORKER_GONE_SECONDS)
+        with self._lock:
+            self._stop_now("the worker ended before it stopped the server", signum)
 
     def _stop_now(self, why: str, signum: int) -> None:
         """coglet's own stop (/shutdown); if it cannot be asked, or was already asked, exit now."""

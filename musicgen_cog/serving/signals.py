@@ -47,19 +47,37 @@ def _handled_by_the_watcher(signum: int, frame: FrameType | None) -> None:
 
 def on_parent_exit(callback: Callable[[], None]) -> None:
     """Call `callback()`, in a thread of its own, once the process that started this one has ended
-    (at once if it already has). A pidfd: no polling, and a reused pid cannot be mistaken for it."""
+    (at once if it already has)."""
     parent = os.getppid()
     pidfd = os.pidfd_open(parent)
     if os.getppid() != parent:  # it ended before the pidfd was opened: this process was reparented
         os.close(pidfd)
-        threading.Thread(target=callback, name="parent-gone", daemon=True).start()
-        return
+        _call_once_ended(None, callback, "parent-watch")
+    else:
+        _call_once_ended(pidfd, callback, "parent-watch")
+
+
+def on_process_exit(pid: int, callback: Callable[[], None]) -> None:
+    """Call `callback()`, in a thread of its own, once process `pid` has ended; at once if it already
+    has. For a child of this one: its pid cannot be reused before this process has reaped it."""
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = None
+    _call_once_ended(pidfd, callback, f"exit-watch-{pid}")
+
+
+def _call_once_ended(pidfd: int | None, callback: Callable[[], None], name: str) -> None:
+    """A pidfd is readable once its process has ended: no polling, and no pid reused meanwhile.
+    None: the process has already ended."""
 
     def watch() -> None:
-        select.select([pidfd], [], [])  # readable once the process has ended
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+            os.close(pidfd)
         callback()
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name=name, daemon=True).start()
 
 
 def keep_stop_signals_from_child_processes() -> None:

@@ -4,6 +4,7 @@ The decisions alone, with the processes and the clock stood in for; tests/test_s
 signals to the real processes."""
 
 import signal
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ class Exited(Exception):
 @pytest.fixture
 def server(monkeypatch):
     """A server process whose worker drains (`state["drains"]`), recording what it is asked to do."""
-    state = {"drains": True, "now": 100.0, "shutdown fails": False}
+    state: dict[str, Any] = {"drains": True, "now": 100.0, "shutdown fails": False, "ends": []}
     done: list = []
 
     def request_shutdown(pid):
@@ -40,6 +41,9 @@ def server(monkeypatch):
     monkeypatch.setattr(server_signals, "request_shutdown", request_shutdown)
     monkeypatch.setattr(server_signals.os, "_exit", exit_now)
     monkeypatch.setattr(server_signals.time, "monotonic", lambda: state["now"])
+    monkeypatch.setattr(server_signals.time, "sleep", lambda seconds: done.append(("waited", seconds)))
+    # the callback due when a watched process ends: the test calls it where the worker would end
+    monkeypatch.setattr(server_signals, "on_process_exit", lambda pid, ended: state["ends"].append((pid, ended)))
     return StopRequests(), state, done
 
 
@@ -96,3 +100,18 @@ def test_the_worker_asking_itself_stops_coglet(server):
     requests.take(TERM, SUPERVISOR)
     requests.take(INT, WORKER)
     assert done == [(WORKER, DRAIN), "shutdown"]
+
+
+@pytest.mark.parametrize("second", [None, INT])
+def test_a_worker_that_ends_after_it_was_told_leaves_the_server_to_stop_itself(server, second):
+    """Killed mid-drain, or a failed setup's worker exiting as it was told: nothing else stops coglet.
+    Watched once, however often it is told."""
+    requests, state, done = server
+    requests.take(TERM, SUPERVISOR)
+    if second:
+        requests.take(second, SUPERVISOR)
+    [(watched, ended)] = state["ends"]
+    assert watched == WORKER
+    told = done.copy()
+    ended()
+    assert done == [*told, ("waited", server_signals.WORKER_GONE_SECONDS), "shutdown"]

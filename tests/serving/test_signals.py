@@ -7,7 +7,7 @@ import sys
 import textwrap
 import threading
 
-from musicgen_cog.serving.signals import STOP_SIGNALS, keep_stop_signals_from_child_processes
+from musicgen_cog.serving.signals import STOP_SIGNALS, keep_stop_signals_from_child_processes, on_process_exit
 from tests.conftest import ROOT
 
 # In a process of its own: handlers and the wakeup fd are process-wide. The main thread blocks the
@@ -93,3 +93,16 @@ def test_processes_started_by_a_prediction_thread_do_not_die_of_a_stop_signal():
     thread.join()
     assert outcome == dict.fromkeys(sorted(STOP_SIGNALS), "still running")
     assert not STOP_SIGNALS & signal.pthread_sigmask(signal.SIG_BLOCK, set())  # this thread is untouched
+
+
+def test_the_end_of_a_watched_process_is_noticed_and_one_already_gone_at_once():
+    child = subprocess.Popen(["sleep", "30"])
+    ended = threading.Event()
+    on_process_exit(child.pid, ended.set)
+    assert not ended.wait(0.5)
+    child.kill()
+    assert ended.wait(30)
+    child.wait()
+    gone = threading.Event()
+    on_process_exit(child.pid, gone.set)  # reaped: no such process any more
+    assert gone.wait(30)
