@@ -19,6 +19,7 @@ from musicgen_cog.model.randomness import RequestRandomness
 from musicgen_cog.model.sampling import Sampling
 from musicgen_cog.model.steps import BatchedSteps
 from musicgen_cog.model.warm_up import warm_up
+from tests.model.conftest import record_submissions
 from tests.model.test_decoding_loop import after_idle, request, together, tokens, wait_until
 
 ILLEGAL_ADDRESS = "CUDA error: an illegal memory access was encountered"
@@ -379,6 +380,76 @@ def test_a_window_whose_result_runs_out_of_memory_fails_alone(model, monkeypatch
     )
     assert isinstance(succeeded, torch.Tensor) and succeeded.shape[-1] == 50
     assert "cuda" in released and set(released) == {"cuda"}
+
+
+def with_window_failures(step, failure):
+    """`step`, whose answer also fails each window `failure(window, windows)` names (an error, or None):
+    a window's own failure in a step, as a per-slot draw reports one."""
+
+    def call(windows):
+        failed = step(windows)
+        for window in windows:
+            if (error := failure(window, windows)) is not None:
+                failed[window] = error
+        return failed
+
+    return call
+
+
+def test_a_draw_that_runs_out_of_memory_fails_its_request_alone_naming_the_device(model, monkeypatch, admit_together):
+    """A GPU, stood in (the loop's device said to be CUDA): the message names it."""
+    steps = model.loop.steps
+    marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
+    short = with_window_failures(steps.step, lambda window, _: oom() if window.sampling == marked else None)
+    monkeypatch.setattr(steps, "step", short)
+    monkeypatch.setattr(model.loop, "_device", "cuda")
+    admit_together(2)
+    failed, succeeded = together(model, [(1, request(1, top_k=7)), (2, request(1))])
+    assert isinstance(failed, OutOfMemory) and str(failed) == (
+        "the GPU ran out of memory while sampling; try a shorter duration, or fewer requests at once"
+    )
+    assert isinstance(succeeded, torch.Tensor) and succeeded.shape[-1] == 50
+
+
+def test_a_request_finishing_in_the_step_where_anothers_draw_met_a_sticky_error_fails_too(model, monkeypatch):
+    """Its last token came from a device that no longer works (its text says nothing, and the device,
+    stood in, no longer runs a kernel when asked): it is not served, and health fails."""
+    queued, changed = record_submissions(model.loop, monkeypatch)
+    steps, both_came = model.loop.steps, []
+
+    def lost_as_one_finishes(window, windows):
+        if not both_came:  # the longer request is in every step, from the first on
+            with changed:
+                both_came.append(changed.wait_for(lambda: len(queued) == 2, timeout=60))
+        if not window.finished and any(w.finished for w in windows):
+            return torch.AcceleratorError("CUDA error: an error no list names (injected)")
+        return None
+
+    monkeypatch.setattr(steps, "step", with_window_failures(steps.step, lost_as_one_finishes))
+    monkeypatch.setattr(faults, "device_answers", lambda device: device != "cpu")
+    longer, finishing = together(model, [(1, request(3)), (2, request(1))])
+    assert both_came == [True]
+    assert isinstance(finishing, DeviceFailed) and isinstance(longer, DeviceFailed), (longer, finishing)
+    assert not model.health.ok
+
+
+def test_a_step_that_cannot_be_tried_again_fails_its_requests_at_its_first_out_of_memory(
+    model, monkeypatch, admit_together
+):
+    """A compiled step may have written the slots' state before it ran out (`retry_safe` false): not
+    run again, its requests fail, the message naming the device (a GPU, stood in); the next succeeds."""
+    steps = model.loop.steps
+    flaky = failing(steps.step, times=1)
+    monkeypatch.setattr(steps, "step", flaky)
+    monkeypatch.setattr(type(steps), "retry_safe", False)
+    monkeypatch.setattr(model.loop, "_device", "cuda")
+    admit_together(2)
+    outcome = together(model, [(1, request(1)), (2, request(1))])
+    assert [str(o) for o in outcome] == [
+        "the GPU ran out of memory while decoding; try a shorter duration, or fewer requests at once"
+    ] * 2
+    assert len(flaky.calls) == 1
+    assert tokens(model, 3, request(1)).shape[-1] == 50
 
 
 def test_a_call_made_while_a_closing_loop_frees_its_cache_is_refused_not_left_unanswered(tiny_weights, monkeypatch):
