@@ -415,7 +415,7 @@ def test_a_request_finishing_in_the_step_where_anothers_draw_met_a_sticky_error_
     """Its last token came from a device that no longer works (its text says nothing, and the device,
     stood in, no longer runs a kernel when asked): it is not served, and health fails."""
     queued, changed = record_submissions(model.loop, monkeypatch)
-    steps, both_came = model.loop.steps, []
+    steps, both_came = model.loop.steps, list[bool]()
 
     def lost_as_one_finishes(window, windows):
         if not both_came:  # the longer request is in every step, from the first on
