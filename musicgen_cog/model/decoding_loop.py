@@ -68,6 +68,7 @@ class DecodingLoop:
         self._idle_calls: list[_Call] = []
         self._free_slots = list(range(steps.decoder.slots))
         self._closed = False
+        self._closing = threading.Lock()  # what passed the closed check is queued before the last sweep
         self.last_progress = time.monotonic()  # when a step or an admission last finished
         self._thread = threading.Thread(target=self._run, name="decoding-loop", daemon=True)
         self._thread.start()
@@ -109,9 +110,10 @@ class DecodingLoop:
     def _put(self, item: Window | _Call) -> None:
         if not self.health.ok:
             raise self.health.error()
-        if self._closed or not self.alive:
-            raise RuntimeError("the decoding loop is closed")
-        self._incoming.put(item)
+        with self._closing:
+            if self._closed or not self.alive:
+                raise RuntimeError("the decoding loop is closed")
+            self._incoming.put(item)
 
     def _run(self) -> None:
         with torch.no_grad(), self.streams.loop():
@@ -143,7 +145,8 @@ class DecodingLoop:
                     log.exception("the decoding loop failed")
                     for window in self._active + self._waiting:
                         self._leave(window, exc)
-        self._closed = True  # refuse what comes from now on; answer what came
+        with self._closing:
+            self._closed = True  # refuse what comes from now on; answer what came
         reason = self.health.error() if not self.health.ok else RuntimeError("the decoding loop was closed")
         self._take_incoming(block=False, perform=False)
         for window in self._active + self._waiting:

@@ -477,6 +477,34 @@ def test_a_call_made_while_a_closing_loop_frees_its_cache_is_refused_not_left_un
         closing.join(timeout=60)
 
 
+def test_a_call_that_passed_the_closed_check_as_the_loop_closed_is_answered_not_lost(tiny_weights, monkeypatch):
+    """The check and the queueing are one step to the loop's last sweep: a call between the two
+    (held there by the test while the loop closes) is swept and refused, not queued after the sweep."""
+    loaded = load_model(tiny_weights, device="cpu", slots=2)
+    loop = loaded.loop
+    assert loop is not None
+    checked, incoming = threading.Event(), loop._incoming
+
+    class HeldBeforeQueueing:
+        def put(self, item) -> None:
+            if item is not None:  # the test's call, not close()'s mark
+                checked.set()
+                loop._thread.join(timeout=2)  # time for the loop's last sweep, were it not held off
+            incoming.put(item)
+
+        def __getattr__(self, name: str):
+            return getattr(incoming, name)
+
+    monkeypatch.setattr(loop, "_incoming", HeldBeforeQueueing())
+    with ThreadPoolExecutor(1) as pool:
+        calling = pool.submit(loop.call, lambda: "ran")
+        assert checked.wait(timeout=60)
+        loop.close()
+        answer = calling.result(timeout=60)
+    with pytest.raises(RuntimeError, match=r"^the decoding loop was closed$"):
+        answer.result(timeout=10)
+
+
 def test_a_closed_loop_answers_every_call_and_window_it_still_held(model):
     """Nothing hangs on a loop that stops: a call waiting for it to be idle, or a window."""
     loop = model.loop
