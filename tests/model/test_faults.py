@@ -483,13 +483,13 @@ def test_a_call_that_passed_the_closed_check_as_the_loop_closed_is_answered_not_
     loaded = load_model(tiny_weights, device="cpu", slots=2)
     loop = loaded.loop
     assert loop is not None
-    checked, incoming = threading.Event(), loop._incoming
+    checked, incoming, thread = threading.Event(), loop._incoming, loop._thread
 
     class HeldBeforeQueueing:
         def put(self, item) -> None:
             if item is not None:  # the test's call, not close()'s mark
                 checked.set()
-                loop._thread.join(timeout=2)  # time for the loop's last sweep, were it not held off
+                thread.join(timeout=2)  # time for the loop's last sweep, were it not held off
             incoming.put(item)
 
         def __getattr__(self, name: str):
