@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+SCHEMA := .cog/openapi_schema.json
 WEIGHTS_DIR ?= weights
 TINY_WEIGHTS_DIR ?= .cache/tiny-weights
 PROMPT ?= lofi hip hop beat with warm piano
@@ -86,10 +87,15 @@ bench: setup  ## benchmarks (figures go in docs/benchmarks.md): boot, the path's
 schema: setup  ## write .cog/openapi_schema.json from predict.py, as `cog build` does
 	$(PY) -m musicgen_cog.commands.schema
 
+# What serve needs: rewritten only when what it is read from changed (predict.py's inputs, the writer,
+# the installed cog), since importing predict.py for it takes seconds at every start
+$(SCHEMA): predict.py musicgen_cog/api/cog_schema.py musicgen_cog/commands/schema.py $(VENV)/.installed
+	$(PY) -m musicgen_cog.commands.schema
+
 # As deploy/ runs the image: under tini, coglet's process deciding what each stop signal means, so that
 # SIGTERM drains the predictions in flight, then stops (docs/signals.md); tini's -p passes SIGINT (stop
 # at once) on to it if make is killed.
-serve: schema  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
+serve: system-packages $(SCHEMA)  ## the real Cog HTTP server (coglet) on 127.0.0.1:$(PORT), weights from WEIGHTS_DIR (+ COG_WEIGHTS)
 	PATH="$(abspath $(VENV))/bin:$$PATH" COG_PREDICT_TYPE_STUB=$(COG_PREDICT_TYPE_STUB) PORT=$(PORT) \
 	  COG_MAX_CONCURRENCY=$(CONCURRENCY) exec tini -p SIGINT -- $(PY) -m musicgen_cog.commands.serve --host 127.0.0.1 $(SERVE_ARGS)
 
