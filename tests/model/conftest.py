@@ -99,28 +99,20 @@ def record_submissions(loop: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[list
 def admit_together(model, monkeypatch):
     """Arm with `n`: the loop admits nothing until `n` more windows are queued, then all it can."""
     loop = model.loop
-    submit, admit = loop.submit, loop._admit
-    counts = {"queued": 0, "expected": 0}
-    changed = threading.Condition()
-
-    def counted_submit(window):
-        done = submit(window)
-        with changed:
-            counts["queued"] += 1
-            changed.notify_all()
-        return done
+    admit = loop._admit
+    queued, changed = record_submissions(loop, monkeypatch)
+    expected = {"queued": 0}
 
     def gated_admit():
         with changed:
-            changed.wait_for(lambda: counts["queued"] >= counts["expected"])
+            changed.wait_for(lambda: len(queued) >= expected["queued"])
         loop._take_incoming(block=False)
         admit()
 
     def arm(n: int) -> None:
         with changed:
-            counts.update(queued=0, expected=n)
+            expected["queued"] = len(queued) + n
 
-    monkeypatch.setattr(loop, "submit", counted_submit)
     monkeypatch.setattr(loop, "_admit", gated_admit)
     return arm
 

@@ -130,7 +130,7 @@ JOINS = [(others, "last") for others in range(1, EIGHT)] + [(EIGHT - 1, "first")
 
 
 @pytest.mark.parametrize("others, joins", JOINS, ids=[f"{o}-others-{j}" for o, j in JOINS])
-def test_a_seeded_request_repeats_beside_one_to_seven_others_in_any_slot(eight_slots, others, joins):
+def test_a_seeded_request_repeats_beside_one_to_seven_others_in_any_slot(eight_slots, others, joins, monkeypatch):
     """The batched path: the seeded request starts alone in slot 0 and the others join it, or it
     joins them 20 steps after they began (in the middle of them, or after all of them: the
     highest slot in use). The others, of every mode, length and rule, leave while it decodes.
@@ -138,17 +138,10 @@ def test_a_seeded_request_repeats_beside_one_to_seven_others_in_any_slot(eight_s
     model, alone = eight_slots
     loop, company = model.loop, [(100 + i, spec) for i, spec in enumerate(COMPANY[:others])]
     before = {"first": 0, "middle": others // 2, "last": others}[joins]
-    randomness, slots, queued, steps_taken = RequestRandomness(SEEDED[0], "cpu"), [], [], [0]
+    randomness, slots, steps_taken = RequestRandomness(SEEDED[0], "cpu"), [], [0]
     holds = [(0, before), (20, before + 1), (25, others + 1)]  # (at step, until this many are queued)
-    changed = threading.Condition()
-    submit, admit, step = loop.submit, loop.steps.admit, loop.steps.step
-
-    def counted_submit(window):
-        done = submit(window)
-        with changed:
-            queued.append(window)
-            changed.notify_all()
-        return done
+    queued, changed = record_submissions(loop, monkeypatch)
+    admit, step = loop.steps.admit, loop.steps.step
 
     def recorded_admit(window):
         if window.generator is randomness.generator:
@@ -163,18 +156,16 @@ def test_a_seeded_request_repeats_beside_one_to_seven_others_in_any_slot(eight_s
         steps_taken[0] += 1
         return step(windows)
 
-    loop.submit, loop.steps.admit, loop.steps.step = counted_submit, recorded_admit, held_step
-    try:
-        with ThreadPoolExecutor(others + 1) as pool:
-            earlier = [pool.submit(tokens, model, *spec) for spec in company[:before]]
-            wait_until(lambda: len(queued) == before)
-            mine = pool.submit(generate_tokens, model, GenerationRequest(**SEEDED[1]), randomness)
-            wait_until(lambda: bool(slots))
-            later = [pool.submit(tokens, model, *spec) for spec in company[before:]]
-            assert torch.equal(mine.result(), alone)
-            assert all(f.result().shape[-1] > 0 for f in earlier + later)
-    finally:
-        del loop.submit, loop.steps.admit, loop.steps.step
+    monkeypatch.setattr(loop.steps, "admit", recorded_admit)
+    monkeypatch.setattr(loop.steps, "step", held_step)
+    with ThreadPoolExecutor(others + 1) as pool:
+        earlier = [pool.submit(tokens, model, *spec) for spec in company[:before]]
+        wait_until(lambda: len(queued) == before)
+        mine = pool.submit(generate_tokens, model, GenerationRequest(**SEEDED[1]), randomness)
+        wait_until(lambda: bool(slots))
+        later = [pool.submit(tokens, model, *spec) for spec in company[before:]]
+        assert torch.equal(mine.result(), alone)
+        assert all(f.result().shape[-1] > 0 for f in earlier + later)
     assert slots == [before]
 
 
