@@ -146,19 +146,20 @@ def run(module: str) -> Outcome:
 NOT_EQUIVALENT = "Left, not equivalent"
 
 
-def explained(module: str) -> str:
-    """The section of docs/mutants.md on `module`'s survivors: from its heading (the source's path
-    under musicgen_cog/, in backticks) to the next heading."""
+def explained(module: str, page: str | None = None) -> str:
+    """The section of docs/mutants.md (or of `page`) on `module`'s survivors: from its heading (the
+    source's path under musicgen_cog/, in backticks) to the next heading."""
     heading = "### `" + MODULES[module][0].removeprefix("musicgen_cog/") + "`"
-    text = EXPLAINED.read_text() if EXPLAINED.is_file() else ""
+    text = page if page is not None else EXPLAINED.read_text() if EXPLAINED.is_file() else ""
     section = text.partition(heading)[2].split("\n#", 1)[0] if heading in text else ""
     return section.split(NOT_EQUIVALENT, 1)[0]  # what is listed as left is not explained away
 
 
-def unexplained(module: str, survivors: list[str]) -> list[str]:
-    """The survivors (not timeouts: those were caught, slowly) that docs/mutants.md does not name,
-    each as `make mutants` prints it less the module's path, in backticks, in the module's section."""
-    section = explained(module)
+def unexplained(module: str, survivors: list[str], page: str | None = None) -> list[str]:
+    """The survivors (not timeouts: those were caught, slowly) that docs/mutants.md (or `page`) does
+    not name, each as `make mutants` prints it less the module's path, in backticks, in the module's
+    section."""
+    section = explained(module, page)
     return [
         s for s in survivors if not s.endswith(": timeout") and f"`{s.split(':')[0].rpartition('.')[2]}`" not in section
     ]

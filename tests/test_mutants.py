@@ -24,8 +24,10 @@ def test_a_survivor_is_explained_only_by_its_own_name_in_its_own_modules_section
 
 
 def test_a_survivor_the_page_lists_as_left_not_equivalent_is_not_explained():
-    left = "musicgen_cog.model.decoding_loop.xǁDecodingLoopǁ_step__mutmut_17: survived"
-    assert unexplained("decoding_loop", [left]) == [left]
+    step = "xǁDecodingLoopǁ_step__mutmut_"
+    page = f"### `model/decoding_loop.py`\n\n`{step}16`: why\n\nLeft, not equivalent:\n\n`{step}17`: why not\n"
+    equivalent, left = (f"musicgen_cog.model.decoding_loop.{step}{n}: survived" for n in (16, 17))
+    assert unexplained("decoding_loop", [equivalent, left], page) == [left]
 
 
 def test_a_timeout_was_caught_and_needs_no_reason():
