@@ -19,14 +19,9 @@ HANG_SECONDS = float(os.environ.get("MUTANTS_HANG_SECONDS", "60"))  # tests/muta
 MUTMUT_TIMEOUT = 36  # the exit status mutmut reads as "timeout"
 
 
-def under_a_mutant() -> bool:
-    """Whether mutmut runs these tests on a mutant (not its own runs of them, as they are)."""
-    return "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    if not under_a_mutant():
+    if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", ""):  # mutmut's own runs of the tests
         return (yield)
     watchdog = threading.Timer(HANG_SECONDS, os._exit, [MUTMUT_TIMEOUT])
     watchdog.daemon = True

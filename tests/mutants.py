@@ -101,12 +101,8 @@ def configure(module: str) -> Path:
         "only_mutate": [source],
         "also_copy": ALSO_COPY,
         "pytest_add_cli_args_test_selection": tests,
-        # the fast tests, fastest first (tests/fastest_first.py); a test that hangs ends at once
-        # (tests/hang_guard.py)
-        "pytest_add_cli_args": [
-            *("-m", "not slow", "-p", "no:cacheprovider"),
-            *("-p", "tests.fastest_first", "-p", "tests.hang_guard"),
-        ],
+        # the fast tests; a test that hangs ends at once (tests/hang_guard.py)
+        "pytest_add_cli_args": ["-m", "not slow", "-p", "no:cacheprovider", "-p", "tests.hang_guard"],
     }
     mutmut = "\n[tool.mutmut]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
     (folder / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + mutmut)
