@@ -397,13 +397,25 @@ def test_a_loop_never_closed_does_not_keep_the_process_from_exiting(tiny_weights
 
 def test_the_loop_hands_each_window_over_through_the_streams_it_was_given(tiny_weights):
     """On a GPU the loop's stream waits for the event the request recorded after writing its window,
-    and records one after writing its result (here the streams record their calls)."""
+    and records one after writing its result, which the request's stream waits for (here the
+    streams record their calls)."""
     loaded = load_model(tiny_weights, device="cpu", slots=2)
     loaded.streams = streams = RecordingStreams()
     start_decoding_loop(loaded, 2, BATCHED)
     tokens(loaded, 19, request(1))
-    by_the_loop = [what for thread, what, _ in streams.calls if thread == "decoding-loop"]
-    assert by_the_loop[:2] == ["wait", "keep alive"] and "mark" in by_the_loop
+    by_the_loop = [(what, detail) for thread, what, detail in streams.calls if thread == "decoding-loop"]
+    by_the_request = [(what, detail) for thread, what, detail in streams.calls if thread != "decoding-loop"]
+    written = next(event for what, event in by_the_request if what == "mark")
+    assert by_the_loop[0] == ("wait", written) and by_the_loop[1][0] == "keep alive"
+    answered = next(event for what, event in by_the_loop if what == "mark")
+    assert ("wait", answered) in by_the_request
+
+
+def test_a_request_is_timed_from_its_slot_to_its_last_token(model):
+    """What its prediction's metrics report as its wait for a slot and its decoding."""
+    generation = GenerationRequest(**request(1))
+    generate_tokens(model, generation, RequestRandomness(20, "cpu"))
+    assert {"slot_wait", "decoding"} <= set(generation.times.seconds) and generation.times.seconds["decoding"] > 0
 
 
 def test_a_closed_loop_frees_its_cache_and_a_new_one_takes_over(tiny_weights):

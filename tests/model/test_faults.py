@@ -51,27 +51,42 @@ def failing(real, times: int, error=oom):
     return call
 
 
-def test_a_step_that_runs_out_of_memory_once_is_tried_again_with_the_same_tokens(model, monkeypatch, admit_together):
+def test_a_step_that_runs_out_of_memory_once_is_tried_again_with_the_same_tokens(
+    model, monkeypatch, admit_together, logs
+):
     """The retried step gives every request the tokens it gets without the fault: a step writes
-    nothing of the state before its last allocation."""
+    nothing of the state before its last allocation. What the device's allocator held is handed back
+    first, and the operator is told."""
     specs = [(1, request(1)), (2, request(1, top_p=0.9))]
     expected = [tokens(model, *spec) for spec in specs]
-    steps = model.loop.steps
+    steps, released = model.loop.steps, list[str]()
     flaky = failing(steps.step, times=1)
     monkeypatch.setattr(steps, "step", flaky)
+    monkeypatch.setattr(decoding_loop, "release_cached_memory", released.append)
     admit_together(2)
     assert all(torch.equal(t, e) for t, e in zip(together(model, specs), expected, strict=True))
     assert len(flaky.calls) > 1
+    assert released == ["cpu"]
+    assert [r.getMessage() for r in logs.records if r.levelname == "WARNING"] == [
+        "a decoding step ran out of memory; trying it once more"
+    ]
 
 
-def test_a_step_out_of_memory_twice_fails_its_requests_and_the_next_one_succeeds(model, monkeypatch, admit_together):
+@pytest.mark.parametrize("device, named", [("cpu", "CPU"), ("cuda", "GPU")])
+def test_a_step_out_of_memory_twice_fails_its_requests_and_the_next_one_succeeds(
+    model, monkeypatch, admit_together, device, named
+):
+    """The message names the device: the model's, or a GPU stood in (the loop's device said to be
+    CUDA, the allocator's release recorded)."""
     steps = model.loop.steps
     monkeypatch.setattr(steps, "step", failing(steps.step, times=2))
+    monkeypatch.setattr(model.loop, "_device", device)
+    monkeypatch.setattr(decoding_loop, "release_cached_memory", lambda device: None)
     admit_together(2)  # both in the first step, the one that fails
     outcome = together(model, [(1, request(1)), (2, request(1))])
     assert all(isinstance(o, OutOfMemory) for o in outcome)
-    assert (
-        str(outcome[0]) == "the CPU ran out of memory while decoding; try a shorter duration, or fewer requests at once"
+    assert str(outcome[0]) == (
+        f"the {named} ran out of memory while decoding; try a shorter duration, or fewer requests at once"
     )
     assert tokens(model, 3, request(1)).shape[-1] == 50
 
@@ -201,6 +216,22 @@ def test_health_fails_for_a_loop_stuck_on_a_step_and_recovers_when_it_moves(mode
     monkeypatch.setattr(steps, "step", step)
     thread.join()
     assert model.healthy()
+
+
+def test_every_step_counts_as_progress_however_long_the_one_before_took(model, monkeypatch):
+    """Health's stall check counts from the loop's last step: each step here is made to look an hour
+    long, and the next one still finds the loop a moment since its last progress."""
+    loop, steps = model.loop, model.loop.steps
+    step, stalls = steps.step, list[float]()
+
+    def an_hour_long(windows):
+        stalls.append(loop.stalled_for())  # the loop's thread, a request in it: waited on
+        loop.last_progress -= 3600
+        return step(windows)
+
+    monkeypatch.setattr(steps, "step", an_hour_long)
+    assert tokens(model, 1, request(1)).shape[-1] == 50
+    assert len(stalls) > 2 and max(stalls) < 60, stalls
 
 
 def test_health_fails_when_the_loop_is_gone(model):
