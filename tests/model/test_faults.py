@@ -161,14 +161,18 @@ def test_a_capture_that_runs_out_of_memory_saving_the_slots_state_is_tried_again
     ]
 
 
+@pytest.mark.parametrize("stage", ["step", "admit"], ids=["in-a-step", "joining-the-batch"])
 @pytest.mark.parametrize(
     "error", [ILLEGAL_ADDRESS, "CUDA error: an error no list names"], ids=["by-its-text", "by-asking"]
 )
-def test_a_sticky_device_error_stops_the_loop_fails_every_request_and_health(model, monkeypatch, admit_together, error):
-    """Sticky by its text, or, where the text says nothing, because the device (stood in) no longer
-    runs a kernel when asked."""
+def test_a_sticky_device_error_stops_the_loop_fails_every_request_and_health(
+    model, monkeypatch, admit_together, error, stage
+):
+    """Met in a step or as a window joins the batch. Sticky by its text, or, where the text says
+    nothing, because the device (stood in) no longer runs a kernel when asked."""
     steps = model.loop.steps
-    monkeypatch.setattr(steps, "step", failing(steps.step, times=1, error=lambda: torch.AcceleratorError(error)))
+    error_once = failing(getattr(steps, stage), times=1, error=lambda: torch.AcceleratorError(error))
+    monkeypatch.setattr(steps, stage, error_once)
     monkeypatch.setattr(faults, "device_answers", lambda device: device != "cpu")
     admit_together(2)
     outcome = together(model, [(1, request(3)), (2, request(1))])
@@ -411,6 +415,34 @@ def test_a_window_whose_result_runs_out_of_memory_fails_alone(model, monkeypatch
     )
     assert isinstance(succeeded, torch.Tensor) and succeeded.shape[-1] == 50
     assert "cuda" in released and set(released) == {"cuda"}
+
+
+def test_a_window_that_runs_out_of_memory_joining_the_batch_fails_alone_naming_the_device(
+    model, monkeypatch, admit_together
+):
+    """Its prefill ran short: what the allocator held goes back to the device, the message names it
+    (a GPU, stood in) and the stage, and the request beside it decodes."""
+    steps = model.loop.steps
+    admit = steps.admit
+    marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
+
+    def short_of_memory(window):
+        if window.sampling == marked:
+            raise oom()
+        return admit(window)
+
+    released: list[str] = []
+    monkeypatch.setattr(steps, "admit", short_of_memory)
+    monkeypatch.setattr(model.loop, "_device", "cuda")
+    monkeypatch.setattr(decoding_loop, "release_cached_memory", released.append)
+    admit_together(2)
+    failed, succeeded = together(model, [(1, request(1, top_k=7)), (2, request(1))])
+    assert isinstance(failed, OutOfMemory) and str(failed) == (
+        "the GPU ran out of memory while joining the batch (the prefill of its conditions); try a shorter "
+        "duration, or fewer requests at once"
+    )
+    assert isinstance(succeeded, torch.Tensor) and succeeded.shape[-1] == 50
+    assert released == ["cuda"]
 
 
 def with_window_failures(step, failure):
