@@ -418,10 +418,10 @@ def test_a_window_whose_result_runs_out_of_memory_fails_alone(model, monkeypatch
 
 
 def test_a_window_that_runs_out_of_memory_joining_the_batch_fails_alone_naming_the_device(
-    model, monkeypatch, admit_together
+    model, monkeypatch, admit_together, logs
 ):
     """Its prefill ran short: what the allocator held goes back to the device, the message names it
-    (a GPU, stood in) and the stage, and the request beside it decodes."""
+    (a GPU, stood in) and the stage, the operator reads it, and the request beside it decodes."""
     steps = model.loop.steps
     admit = steps.admit
     marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
@@ -437,12 +437,15 @@ def test_a_window_that_runs_out_of_memory_joining_the_batch_fails_alone_naming_t
     monkeypatch.setattr(decoding_loop, "release_cached_memory", released.append)
     admit_together(2)
     failed, succeeded = together(model, [(1, request(1, top_k=7)), (2, request(1))])
-    assert isinstance(failed, OutOfMemory) and str(failed) == (
+    message = (
         "the GPU ran out of memory while joining the batch (the prefill of its conditions); try a shorter "
         "duration, or fewer requests at once"
     )
+    assert isinstance(failed, OutOfMemory) and str(failed) == message
     assert isinstance(succeeded, torch.Tensor) and succeeded.shape[-1] == 50
     assert released == ["cuda"]
+    errors = [r.getMessage() for r in logs.records if r.levelname == "ERROR"]
+    assert errors == [f"a request failed while joining the batch: {message}"]
 
 
 def with_window_failures(step, failure):
