@@ -448,6 +448,41 @@ def test_a_window_that_runs_out_of_memory_joining_the_batch_fails_alone_naming_t
     assert errors == [f"a request failed while joining the batch: {message}"]
 
 
+def test_a_window_that_fails_joining_does_not_hold_back_the_one_queued_behind_it(model, monkeypatch, admit_together):
+    """Both were queued for the same step boundary: the one behind the failure joins there too,
+    before the batch beside them steps again."""
+    steps, events = model.loop.steps, list[tuple[str, object]]()
+    admit, step = steps.admit, steps.step
+    marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
+
+    def joining(window):
+        events.append(("admit", window.sampling == marked))
+        if window.sampling == marked:
+            raise ValueError("its own numbers")
+        return admit(window)
+
+    def stepping(windows):
+        events.append(("step", len(windows)))
+        return step(windows)
+
+    monkeypatch.setattr(steps, "admit", joining)
+    monkeypatch.setattr(steps, "step", stepping)
+    with ThreadPoolExecutor(3) as pool:
+        admit_together(1)
+        decoding = pool.submit(tokens, model, 1, request(3))
+        wait_until(lambda: ("step", 1) in events)
+        admit_together(2)  # the loop waits at its next boundary until both are queued, the failing one first
+        queued, _ = record_submissions(model.loop, monkeypatch)
+        failing = pool.submit(tokens, model, 2, request(1, top_k=7))
+        wait_until(lambda: len(queued) == 1)
+        behind = pool.submit(tokens, model, 3, request(1))
+        with pytest.raises(ValueError, match="its own numbers"):
+            failing.result(timeout=60)
+        assert behind.result(timeout=60).shape[-1] == 50 and decoding.result(timeout=60).shape[-1] == 150
+    failed_at = events.index(("admit", True))
+    assert events[failed_at + 1] == ("admit", False), events[failed_at - 1 : failed_at + 3]
+
+
 def with_window_failures(step, failure):
     """`step`, whose answer also fails each window `failure(window, windows)` names (an error, or None):
     a window's own failure in a step, as a per-slot draw reports one."""
