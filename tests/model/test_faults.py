@@ -51,6 +51,28 @@ def failing(real, times: int, error=oom):
     return call
 
 
+MARKED = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)  # the rule of request(..., top_k=7)
+
+
+def failing_for_the_marked(real, error=oom):
+    """`real(window)`, raising `error()` for a window of the MARKED rule instead."""
+
+    def call(window):
+        if window.sampling == MARKED:
+            raise error()
+        return real(window)
+
+    return call
+
+
+def on_a_stood_in_gpu(model, monkeypatch) -> list[str]:
+    """The loop's device said to be CUDA; what it hands back to the allocator recorded (returned)."""
+    released: list[str] = []
+    monkeypatch.setattr(model.loop, "_device", "cuda")
+    monkeypatch.setattr(decoding_loop, "release_cached_memory", released.append)
+    return released
+
+
 def test_a_step_that_runs_out_of_memory_once_is_tried_again_with_the_same_tokens(
     model, monkeypatch, admit_together, logs
 ):
@@ -396,18 +418,8 @@ def test_a_window_whose_result_runs_out_of_memory_fails_alone(model, monkeypatch
     """The message names the device, and what it held goes back to it: here a GPU, stood in (the
     loop's device said to be CUDA, the allocator's release recorded)."""
     steps = model.loop.steps
-    result = steps.result
-    marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
-
-    def short_of_memory(window):
-        if window.sampling == marked:
-            raise oom()
-        return result(window)
-
-    released: list[str] = []
-    monkeypatch.setattr(steps, "result", short_of_memory)
-    monkeypatch.setattr(model.loop, "_device", "cuda")
-    monkeypatch.setattr(decoding_loop, "release_cached_memory", released.append)
+    monkeypatch.setattr(steps, "result", failing_for_the_marked(steps.result))
+    released = on_a_stood_in_gpu(model, monkeypatch)
     admit_together(2)
     failed, succeeded = together(model, [(1, request(1, top_k=7)), (2, request(1))])
     assert isinstance(failed, OutOfMemory) and str(failed) == (
@@ -423,18 +435,8 @@ def test_a_window_that_runs_out_of_memory_joining_the_batch_fails_alone_naming_t
     """Its prefill ran short: what the allocator held goes back to the device, the message names it
     (a GPU, stood in) and the stage, the operator reads it, and the request beside it decodes."""
     steps = model.loop.steps
-    admit = steps.admit
-    marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
-
-    def short_of_memory(window):
-        if window.sampling == marked:
-            raise oom()
-        return admit(window)
-
-    released: list[str] = []
-    monkeypatch.setattr(steps, "admit", short_of_memory)
-    monkeypatch.setattr(model.loop, "_device", "cuda")
-    monkeypatch.setattr(decoding_loop, "release_cached_memory", released.append)
+    monkeypatch.setattr(steps, "admit", failing_for_the_marked(steps.admit))
+    released = on_a_stood_in_gpu(model, monkeypatch)
     admit_together(2)
     failed, succeeded = together(model, [(1, request(1, top_k=7)), (2, request(1))])
     message = (
@@ -452,13 +454,10 @@ def test_a_window_that_fails_joining_does_not_hold_back_the_one_queued_behind_it
     """Both were queued for the same step boundary: the one behind the failure joins there too,
     before the batch beside them steps again."""
     steps, events = model.loop.steps, list[tuple[str, object]]()
-    admit, step = steps.admit, steps.step
-    marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
+    admit, step = failing_for_the_marked(steps.admit, lambda: ValueError("its own numbers")), steps.step
 
     def joining(window):
-        events.append(("admit", window.sampling == marked))
-        if window.sampling == marked:
-            raise ValueError("its own numbers")
+        events.append(("admit", window.sampling == MARKED))
         return admit(window)
 
     def stepping(windows):
@@ -500,10 +499,9 @@ def with_window_failures(step, failure):
 def test_a_draw_that_runs_out_of_memory_fails_its_request_alone_naming_the_device(model, monkeypatch, admit_together):
     """A GPU, stood in (the loop's device said to be CUDA): the message names it."""
     steps = model.loop.steps
-    marked = Sampling(top_k=7, top_p=0.0, temperature=1.0, cfg_coef=3.0)
-    short = with_window_failures(steps.step, lambda window, _: oom() if window.sampling == marked else None)
+    short = with_window_failures(steps.step, lambda window, _: oom() if window.sampling == MARKED else None)
     monkeypatch.setattr(steps, "step", short)
-    monkeypatch.setattr(model.loop, "_device", "cuda")
+    on_a_stood_in_gpu(model, monkeypatch)
     admit_together(2)
     failed, succeeded = together(model, [(1, request(1, top_k=7)), (2, request(1))])
     assert isinstance(failed, OutOfMemory) and str(failed) == (
